@@ -115,7 +115,8 @@ class WanConfig:
     def replace(self, **overrides: Any) -> WanConfig:
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ValueError(f"WanConfig has no field(s) {unknown}; fields are {[f.name for f in dataclasses.fields(self)]}")
+            names = [f.name for f in dataclasses.fields(self)]
+            raise ValueError(f"WanConfig has no field(s) {unknown}; fields are {names}")
         return dataclasses.replace(self, **overrides)
 
     def arch_dict(self) -> dict[str, Any]:

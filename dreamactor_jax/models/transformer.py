@@ -235,7 +235,8 @@ class WanTransformer3DModel(nnx.Module):
         for name, size, p in (("T", tt, cfg.patch_size[0]), ("H", hh, cfg.patch_size[1]),
                               ("W", ww, cfg.patch_size[2])):
             if size % p:
-                raise ValueError(f"x {name}={size} is not divisible by the patch size {p} (patch_size={cfg.patch_size})")
+                raise ValueError(f"x {name}={size} is not divisible by the patch size {p} "
+                                 f"(patch_size={cfg.patch_size})")
         n = (tt // cfg.patch_size[0]) * (hh // cfg.patch_size[1]) * (ww // cfg.patch_size[2])
         if t.shape not in ((b,), (b, n)):
             raise ValueError(f"timestep must be (B,)=({b},) or per-token (B, N)=({b}, {n}), got {t.shape}")

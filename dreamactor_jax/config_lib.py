@@ -1,0 +1,93 @@
+"""Shared pieces of the ml-collections configs in ``configs/`` and their validation.
+
+Every field has a default and a comment. ``model`` lists every architecture
+and runtime field of :class:`~dreamactor_jax.models.config.WanConfig` with
+``None`` meaning "the preset's value", so any of them can be overridden from
+the command line (``--config.model.num_layers=4``) on a locked config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+from dreamactor_jax.diffusion.objective import ObjectiveConfig
+from dreamactor_jax.models.config import WanConfig
+
+_FIELD_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def model_section(preset: str, **overrides) -> ml_collections.ConfigDict:
+    """``config.model``: a preset name plus typed placeholders for every WanConfig field."""
+    m = ml_collections.ConfigDict()
+    m.preset = preset  # name from dreamactor_jax.models.config.PRESETS
+    for f in dataclasses.fields(WanConfig):
+        if f.name == "patch_size":
+            m.patch_size = config_dict.placeholder(tuple)
+            continue
+        tname = str(f.type).replace(" | None", "")
+        m[f.name] = config_dict.placeholder(_FIELD_TYPES.get(tname, object))
+    for k, v in overrides.items():
+        if k not in m:
+            raise ValueError(f"model_section: unknown model field {k!r}")
+        m[k] = v
+    return m
+
+
+def objective_section(**overrides) -> ml_collections.ConfigDict:
+    o = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig()))
+    o.update(overrides)
+    return o
+
+
+def optim_section(**overrides) -> ml_collections.ConfigDict:
+    o = ml_collections.ConfigDict()
+    o.lr = 5e-5  # peak learning rate (paper: AdamW 5e-5)
+    o.warmup_steps = 0  # linear warmup from 0
+    o.schedule = "constant"  # "constant" | "cosine" after warmup
+    o.final_lr_fraction = 0.0  # cosine floor as a fraction of lr
+    o.b1 = 0.9
+    o.b2 = 0.999
+    o.eps = 1e-8
+    o.weight_decay = 0.01  # paper: 0.01; not applied to biases, norms, adaLN tables
+    o.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+    o.update(overrides)
+    return o
+
+
+def mesh_section(**sizes) -> ml_collections.ConfigDict:
+    """``config.mesh``: axis sizes; one may be -1 (all remaining devices)."""
+    m = ml_collections.ConfigDict()
+    m.data = 1  # pure data parallelism (replicated params)
+    m.fsdp = 1  # params, grads and optimizer state sharded; batch also split over it
+    m.tensor = 1  # heads / mlp split (Megatron-style)
+    m.sequence = 1  # tokens split (sequence-parallel attention)
+    m.update(sizes)
+    return m
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks cross-field consistency; errors name the field."""
+    from dreamactor_jax.models.build import model_config
+
+    mcfg = model_config(config.model)
+    ObjectiveConfig(**config.objective)
+    d = config.data
+    for f in ("batch_size", "frames", "height", "width", "channels", "text_len"):
+        if int(d[f]) < 1:
+            raise ValueError(f"config.data.{f} must be positive, got {d[f]}")
+    pt, ph, pw = mcfg.patch_size
+    for f, p in (("frames", pt), ("height", ph), ("width", pw)):
+        if d[f] % p:
+            raise ValueError(f"config.data.{f}={d[f]} is not divisible by the model patch size {p}")
+    if 2 * d.channels + 4 != mcfg.in_channels:
+        raise ValueError(f"config.data.channels={d.channels} gives a {2 * d.channels + 4}-channel canvas but "
+                         f"config.model in_channels is {mcfg.in_channels} (need 2·C + 4)")
+    if d.channels != mcfg.out_channels:
+        raise ValueError(f"config.data.channels={d.channels} must equal the model's out_channels {mcfg.out_channels}")
+    if not 0 <= d.motion_masked_frames < d.frames:
+        raise ValueError(f"config.data.motion_masked_frames must be in [0, frames), got {d.motion_masked_frames}")
+    if config.train.steps < 1:
+        raise ValueError(f"config.train.steps must be positive, got {config.train.steps}")

@@ -1,0 +1,1 @@
+"""Batch schema, sources and pipelines."""

@@ -1,0 +1,56 @@
+"""Rectified flow as Wan2.1 trains and samples it.
+
+``x_t = (1 - σ)·x0 + σ·ε``, velocity target ``ε - x0``, model timestep ``σ·1000``,
+timestep shift ``σ' = s·σ / (1 + (s - 1)·σ)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+SIGMA_SAMPLERS = ("uniform", "logit_normal")
+
+
+def shift_sigma(sigma: jax.Array, shift: float) -> jax.Array:
+    """Wan's timestep shift; ``shift=1`` is the identity."""
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def sample_sigma(rng: jax.Array, batch: int, *, sampler: str = "uniform", shift: float = 1.0,
+                 logit_mean: float = 0.0, logit_std: float = 1.0) -> jax.Array:
+    """Training noise levels σ ∈ (0, 1), shape (batch,), f32."""
+    if sampler == "uniform":
+        u = jax.random.uniform(rng, (batch,), jnp.float32)
+    elif sampler == "logit_normal":
+        u = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, (batch,), jnp.float32))
+    else:
+        raise ValueError(f"unknown sigma sampler {sampler!r}; choose one of {SIGMA_SAMPLERS}")
+    return shift_sigma(u, shift)
+
+
+def add_noise(x0: jax.Array, noise: jax.Array, sigma_b: jax.Array) -> jax.Array:
+    s = sigma_b.reshape((-1,) + (1,) * (x0.ndim - 1)).astype(x0.dtype)
+    return (1.0 - s) * x0 + s * noise
+
+
+def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
+    return noise - x0
+
+
+def model_timestep(sigma: jax.Array) -> jax.Array:
+    return sigma.astype(jnp.float32) * 1000.0
+
+
+def weighted_mse(pred_bthwc: jax.Array, target_bthwc: jax.Array, weights_bthw: jax.Array) -> jax.Array:
+    """Mean squared error over positions with weight 1 (and all channels), in f32."""
+    se = jnp.square(pred_bthwc.astype(jnp.float32) - target_bthwc.astype(jnp.float32)).mean(axis=-1)
+    return jnp.sum(se * weights_bthw) / jnp.maximum(jnp.sum(weights_bthw), 1.0)
+
+
+def drop_text(rng: jax.Array, text_ble: jax.Array, p: float) -> jax.Array:
+    """Replaces each sample's text embedding by zeros with probability ``p`` (the CFG null condition)."""
+    if p <= 0.0:
+        return text_ble
+    keep = jax.random.uniform(rng, (text_ble.shape[0],)) >= p
+    return jnp.where(keep[:, None, None], text_ble, jnp.zeros_like(text_ble))

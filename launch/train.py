@@ -1,0 +1,25 @@
+"""Train from a config file.
+
+  python launch/train.py --config=configs/stage1_pose.py:tiny --workdir=/tmp/stage1_tiny
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from dreamactor_jax.train import loop
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file, optionally ':arg'.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for the run's config, logs and checkpoints.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    summary = loop.run(FLAGS.config, FLAGS.workdir)
+    print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, {summary['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)
