@@ -22,6 +22,6 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, graphdef: nnx.
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)

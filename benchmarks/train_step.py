@@ -1,0 +1,86 @@
+"""Median seconds per training step (forward + backward + AdamW) and tokens/s on the current backend.
+
+  python benchmarks/train_step.py --preset=tiny
+Input: B=1, latent T=5, H=32 and a double-width canvas W=64 (two 32-wide halves), C=16
+(36-channel model input). Prints one JSON line per case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from dreamactor_jax.data import synthetic
+from dreamactor_jax.diffusion.objective import ObjectiveConfig
+from dreamactor_jax.models import get_preset
+from dreamactor_jax.models.build import init_params
+from dreamactor_jax.train import optim
+from dreamactor_jax.train import state as state_lib
+from dreamactor_jax.train.step import train_step
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--height", type=int, default=32)
+    p.add_argument("--canvas_width", type=int, default=64, help="double-width canvas (two halves)")
+    p.add_argument("--attention", default=None, help="override the preset's attention implementation")
+    p.add_argument("--remat", default=None)
+    p.add_argument("--scan_layers", default=None, choices=[None, "true", "false"])
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    a = p.parse_args()
+    overrides = {k: v for k, v in dict(attention=a.attention, remat=a.remat, dtype=a.dtype).items() if v}
+    if a.scan_layers:
+        overrides["scan_layers"] = a.scan_layers == "true"
+    cfg = get_preset(a.preset, **overrides)
+    c = cfg.out_channels
+    graphdef, params = init_params(cfg, seed=0)
+    tx, _ = optim.make_optimizer(dict(lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
+                                      weight_decay=0.01, grad_clip_norm=1.0), 1000)
+    state = state_lib.create(params, tx)
+    batch = jax.tree.map(jnp.asarray, synthetic.synthetic_batch(
+        0, 0, batch=a.batch, frames=a.frames, height=a.height, width=a.canvas_width // 2, channels=c,
+        text_len=16, text_dim=cfg.text_dim))
+    step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, objective=ObjectiveConfig()),
+                   donate_argnums=0)
+    t0 = time.perf_counter()
+    state, m = step(state, batch, jax.random.key(0))
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    for i in range(a.warmup):
+        state, m = step(state, batch, jax.random.key(i + 1))
+    jax.block_until_ready(m)
+    times = []
+    for i in range(a.repeats):
+        t0 = time.perf_counter()
+        state, m = step(state, batch, jax.random.key(100 + i))
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    tokens = a.batch * a.frames * a.height * a.canvas_width // math.prod(cfg.patch_size)
+    print(json.dumps({
+        "benchmark": "train_step", "preset": a.preset, "backend": jax.default_backend(),
+        "devices": jax.device_count(), "cpu": platform.processor() or platform.machine(),
+        "shape": {"batch": a.batch, "frames": a.frames, "height": a.height, "canvas_width": a.canvas_width,
+                  "in_channels": cfg.in_channels},
+        "attention": cfg.attention, "scan_layers": cfg.scan_layers, "remat": cfg.remat, "dtype": cfg.dtype,
+        "tokens": tokens, "median_s": round(med, 5), "min_s": round(min(times), 5),
+        "tokens_per_s": round(tokens / med, 1), "compile_s": round(compile_s, 2), "repeats": a.repeats,
+        "loss": float(m["loss"]),
+    }))
+
+
+if __name__ == "__main__":
+    main()

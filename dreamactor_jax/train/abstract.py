@@ -1,0 +1,46 @@
+"""Abstract (shape-only) construction of a run: params, state, batch and the step, allocating nothing.
+
+Used by the config tests, ``launch/info.py`` and AOT compilation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dreamactor_jax import config_lib
+from dreamactor_jax.data import schema
+from dreamactor_jax.diffusion.objective import ObjectiveConfig
+from dreamactor_jax.models.build import abstract_model, model_config, split_params
+from dreamactor_jax.train import optim
+from dreamactor_jax.train import state as state_lib
+from dreamactor_jax.train.step import train_step
+
+
+def abstract_batch(config: ml_collections.ConfigDict, text_dim: int) -> dict[str, jax.ShapeDtypeStruct]:
+    d = config.data
+    shapes = schema.batch_shapes(d.batch_size, d.frames, d.height, d.width, d.channels, d.text_len, text_dim)
+    return {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+
+
+def abstract_run(config: ml_collections.ConfigDict):
+    """Returns (model config, graphdef, abstract TrainState, abstract batch, the step partial)."""
+    config_lib.validate(config)
+    mcfg = model_config(config.model)
+    graphdef, params = split_params(abstract_model(mcfg))
+    tx, _ = optim.make_optimizer(config.optim, config.train.steps)
+    state = jax.eval_shape(functools.partial(state_lib.create, tx=tx), params)
+    step = functools.partial(train_step, graphdef=graphdef, tx=tx, objective=ObjectiveConfig(**config.objective))
+    return mcfg, graphdef, state, abstract_batch(config, mcfg.text_dim), step
+
+
+def eval_shape_step(config: ml_collections.ConfigDict):
+    """Traces one train step abstractly; returns (new abstract state, metrics)."""
+    _, _, state, batch, step = abstract_run(config)
+    return jax.eval_shape(step, state, batch, jax.random.key(0))
+
+
+

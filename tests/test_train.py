@@ -1,0 +1,131 @@
+"""Training: the overfit test, the loss region, configs building abstractly, the launcher end to end."""
+
+import functools
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamactor_jax import config_lib
+from dreamactor_jax.data import synthetic
+from dreamactor_jax.diffusion.objective import ObjectiveConfig, loss_and_metrics
+from dreamactor_jax.models import get_preset
+from dreamactor_jax.models.build import init_params
+from dreamactor_jax.train import abstract, optim
+from dreamactor_jax.train import state as state_lib
+from dreamactor_jax.train.step import train_step
+
+
+def _load_config(repo_root, name, arg=""):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, repo_root / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+def test_overfit_fixed_batch():
+    cfg = get_preset("tiny")
+    graphdef, params = init_params(cfg, seed=0)
+    tx, _ = optim.make_optimizer(dict(lr=3e-3, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
+                                      weight_decay=0.0, grad_clip_norm=1.0), 60)
+    state = state_lib.create(params, tx)
+    batch = jax.tree.map(jnp.asarray, synthetic.synthetic_batch(0, 0, batch=2, frames=3, height=8, width=8,
+                                                                 channels=16, text_len=8, text_dim=cfg.text_dim))
+    step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx,
+                                     objective=ObjectiveConfig(text_dropout=0.0)), donate_argnums=0)
+    rng = jax.random.key(0)  # fixed noise and sigma: a pure optimisation problem
+    losses = []
+    for _ in range(60):
+        state, m = step(state, batch, rng)
+        losses.append(float(m["loss"]))
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_loss_covers_unknown_region_only():
+    """The loss equals the MSE over the left half, frames after the reference, and nothing else."""
+    from flax import nnx
+
+    from dreamactor_jax.diffusion import flow
+    from dreamactor_jax.diffusion.objective import canvas_inputs
+
+    cfg = get_preset("tiny")
+    graphdef, params = init_params(cfg, seed=0)
+    model = nnx.merge(graphdef, params)
+    model.proj_out.kernel[...] = jnp.ones_like(model.proj_out.kernel[...]) * 0.01
+    b = jax.tree.map(jnp.asarray, synthetic.synthetic_batch(1, 0, batch=2, frames=3, height=8, width=8,
+                                                             channels=16, text_len=8, text_dim=cfg.text_dim))
+    oc = ObjectiveConfig(text_dropout=0.0)
+    rng = jax.random.key(3)
+    loss, _ = loss_and_metrics(model, b, rng, oc)
+    k_sigma, k_noise, _ = jax.random.split(rng, 3)
+    sigma = flow.sample_sigma(k_sigma, 2)
+    noise = jax.random.normal(k_noise, (2, 3, 8, 16, 16))
+    x_in, t, v_target, _ = canvas_inputs(b, sigma, noise, patch_size=cfg.patch_size)
+    v = model(x_in, t, b["text"], b["text_mask"])
+    manual = jnp.mean(jnp.square(v - v_target)[:, 1:, :, :8])
+    np.testing.assert_allclose(float(loss), float(manual), rtol=1e-5)
+
+
+def _all_configs(repo_root):
+    out = []
+    for path in sorted((repo_root / "configs").glob("*.py")):
+        out += [(path.stem, "")] + ([(path.stem, "tiny")] if ":tiny" in path.read_text() else [])
+    return out
+
+
+@pytest.mark.parametrize("name,arg", [("stage1_pose", ""), ("stage1_pose", "tiny")])
+def test_config_builds_abstractly(repo_root, name, arg):
+    config = _load_config(repo_root, name, arg)
+    new_state, metrics = abstract.eval_shape_step(config)
+    assert metrics["loss"].shape == () and new_state.step.shape == ()
+    _, _, state, _, _ = abstract.abstract_run(config)
+    assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
+
+
+def test_every_config_is_covered(repo_root):
+    """Each file in configs/ (and its :tiny variant where it has one) is in the abstract-build test above."""
+    covered = {("stage1_pose", ""), ("stage1_pose", "tiny")}
+    assert set(_all_configs(repo_root)) <= covered, "add new configs to test_config_builds_abstractly"
+
+
+def test_misspelled_config_field_is_named(repo_root):
+    config = _load_config(repo_root, "stage1_pose", "tiny")
+    config.lock()  # as launch/ loads it (config_flags lock_config=True)
+    with pytest.raises(AttributeError, match="num_layer"):
+        config.model.num_layer = 3
+    config.model.in_channels = 20
+    with pytest.raises(ValueError, match="config.data.channels=16 gives a 36-channel canvas"):
+        config_lib.validate(config)
+
+
+def test_launch_train_end_to_end(tmp_path, repo_root):
+    cmd = [sys.executable, str(repo_root / "launch" / "train.py"), "--config=configs/stage1_pose.py:tiny",
+           f"--workdir={tmp_path}", "--config.train.steps=4", "--config.train.log_every=2"]
+    out = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "done: 4 steps" in out.stdout
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 4] and all(np.isfinite(x["loss"]) for x in lines)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["preset"] == "tiny"
+
+
+def test_launch_train_rejects_unknown_field(tmp_path, repo_root):
+    cmd = [sys.executable, str(repo_root / "launch" / "train.py"), "--config=configs/stage1_pose.py:tiny",
+           f"--workdir={tmp_path}", "--config.optim.learning_rate=1"]
+    out = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "learning_rate" in out.stderr
+
+
+def test_info_cli(repo_root):
+    out = subprocess.run([sys.executable, "launch/info.py", "--preset=wan2.1-t2v-14b"], cwd=repo_root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "params: 14288491584" in out.stdout.splitlines()
+    assert "blocks.attn1" in out.stdout
