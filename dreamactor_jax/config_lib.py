@@ -53,6 +53,8 @@ def optim_section(**overrides) -> ml_collections.ConfigDict:
     o.eps = 1e-8
     o.weight_decay = 0.01  # paper: 0.01; not applied to biases, norms, adaLN tables
     o.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+    o.microbatches = 1  # gradient accumulation: the batch is split into this many equal slices
+    o.ema_decay = 0.0  # EMA of params kept in the state when > 0 (e.g. 0.9999)
     o.update(overrides)
     return o
 
@@ -89,5 +91,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.channels={d.channels} must equal the model's out_channels {mcfg.out_channels}")
     if not 0 <= d.motion_masked_frames < d.frames:
         raise ValueError(f"config.data.motion_masked_frames must be in [0, frames), got {d.motion_masked_frames}")
+    o = config.optim
+    if o.microbatches < 1 or d.batch_size % o.microbatches:
+        raise ValueError(f"config.optim.microbatches={o.microbatches} must be >= 1 and divide "
+                         f"config.data.batch_size={d.batch_size}")
+    if not 0.0 <= o.ema_decay < 1.0:
+        raise ValueError(f"config.optim.ema_decay must be in [0, 1), got {o.ema_decay}")
     if config.train.steps < 1:
         raise ValueError(f"config.train.steps must be positive, got {config.train.steps}")

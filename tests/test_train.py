@@ -129,3 +129,50 @@ def test_info_cli(repo_root):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "params: 14288491584" in out.stdout.splitlines()
     assert "blocks.attn1" in out.stdout
+
+
+def _tiny_setup(batch=4, seed=0):
+    cfg = get_preset("tiny")
+    graphdef, params = init_params(cfg, seed=seed)
+    b = jax.tree.map(jnp.asarray, synthetic.synthetic_batch(seed, 0, batch=batch, frames=3, height=8, width=8,
+                                                             channels=16, text_len=8, text_dim=cfg.text_dim,
+                                                             masked_frames=1))
+    b["motion_valid"] = b["motion_valid"].at[1, 2].set(0.0)  # uneven masks across microbatches
+    return cfg, graphdef, params, b
+
+
+def test_gradient_accumulation_equals_big_batch():
+    from dreamactor_jax.train.step import loss_and_grads
+
+    _, graphdef, params, b = _tiny_setup()
+    oc = ObjectiveConfig(text_dropout=0.5)
+    rng = jax.random.key(7)
+    l1, g1 = jax.jit(functools.partial(loss_and_grads, graphdef=graphdef, objective=oc, microbatches=1))(
+        params, b, rng)
+    for k in (2, 4):
+        lk, gk = jax.jit(functools.partial(loss_and_grads, graphdef=graphdef, objective=oc, microbatches=k))(
+            params, b, rng)
+        np.testing.assert_allclose(float(lk), float(l1), rtol=1e-5)
+        for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(gk)):
+            np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-7)
+
+
+def test_ema_tracks_params():
+    _, graphdef, params, b = _tiny_setup(batch=2)
+    tx, _ = optim.make_optimizer(dict(lr=1e-3, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
+                                      weight_decay=0.0, grad_clip_norm=0.0), 10)
+    state = state_lib.create(params, tx, ema=True)
+    step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, objective=ObjectiveConfig(),
+                                     ema_decay=0.9))
+    p0 = jax.tree.map(np.asarray, params)
+    s1, _ = step(state, b, jax.random.key(0))
+    for e, p, q in zip(jax.tree.leaves(s1.ema), jax.tree.leaves(s1.params), jax.tree.leaves(p0)):
+        np.testing.assert_allclose(np.asarray(e), 0.9 * q + 0.1 * np.asarray(p), rtol=1e-6, atol=1e-7)
+
+
+def test_weight_decay_mask():
+    _, _, params, _ = _tiny_setup(batch=2)
+    mask = optim.decay_mask(params)
+    assert mask["proj_out"]["kernel"] and not mask["proj_out"]["bias"]
+    assert not mask["blocks"]["scale_shift_table"] and not mask["blocks"]["attn1"]["norm_q"]["weight"]
+    assert mask["blocks"]["ffn"]["net_0"]["proj"]["kernel"]

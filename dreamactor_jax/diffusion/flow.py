@@ -40,17 +40,3 @@ def velocity_target(x0: jax.Array, noise: jax.Array) -> jax.Array:
 
 def model_timestep(sigma: jax.Array) -> jax.Array:
     return sigma.astype(jnp.float32) * 1000.0
-
-
-def weighted_mse(pred_bthwc: jax.Array, target_bthwc: jax.Array, weights_bthw: jax.Array) -> jax.Array:
-    """Mean squared error over positions with weight 1 (and all channels), in f32."""
-    se = jnp.square(pred_bthwc.astype(jnp.float32) - target_bthwc.astype(jnp.float32)).mean(axis=-1)
-    return jnp.sum(se * weights_bthw) / jnp.maximum(jnp.sum(weights_bthw), 1.0)
-
-
-def drop_text(rng: jax.Array, text_ble: jax.Array, p: float) -> jax.Array:
-    """Replaces each sample's text embedding by zeros with probability ``p`` (the CFG null condition)."""
-    if p <= 0.0:
-        return text_ble
-    keep = jax.random.uniform(rng, (text_ble.shape[0],)) >= p
-    return jnp.where(keep[:, None, None], text_ble, jnp.zeros_like(text_ble))

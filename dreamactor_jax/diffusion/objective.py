@@ -68,18 +68,40 @@ def canvas_inputs(batch: dict, sigma_b: jax.Array, noise: jax.Array, *, patch_si
     return x_in, t_model, flow.velocity_target(x0, noise), canvas.unknown_weights(mask)
 
 
-def loss_and_metrics(model, batch: dict, rng: jax.Array, ocfg: ObjectiveConfig):
-    """Flow-matching loss of ``model`` on ``batch``; returns (loss, metrics)."""
+def draw(rng: jax.Array, batch: dict, ocfg: ObjectiveConfig) -> dict:
+    """All randomness of one step for the whole batch: σ (B,), noise (B,T,H,2W,C), text keep flags (B,).
+
+    Drawn once for the full batch so that splitting it into microbatches sees the same draws.
+    """
     k_sigma, k_noise, k_text = jax.random.split(rng, 3)
-    b = batch["target"].shape[0]
+    tgt = batch["target"]
+    b = tgt.shape[0]
     sigma = flow.sample_sigma(k_sigma, b, sampler=ocfg.sigma_sampler, shift=ocfg.shift,
                               logit_mean=ocfg.logit_mean, logit_std=ocfg.logit_std)
-    tgt = batch["target"]
-    noise_shape = (*tgt.shape[:3], 2 * tgt.shape[3], tgt.shape[4])
-    noise = jax.random.normal(k_noise, noise_shape, jnp.float32).astype(tgt.dtype)
-    x_in, t, v_target, weights = canvas_inputs(batch, sigma, noise, patch_size=model.cfg.patch_size,
-                                               given_region=ocfg.given_region)
-    text = flow.drop_text(k_text, batch["text"], ocfg.text_dropout)
+    noise = jax.random.normal(k_noise, (*tgt.shape[:3], 2 * tgt.shape[3], tgt.shape[4]), jnp.float32)
+    keep = jax.random.uniform(k_text, (b,)) >= ocfg.text_dropout
+    return {"sigma": sigma, "noise": noise.astype(tgt.dtype), "text_keep": keep}
+
+
+def loss_weight_total(batch: dict) -> jax.Array:
+    """Σ of the loss weights over the batch (depends on masks only): the loss normaliser."""
+    b, t, h, w, _ = batch["target"].shape
+    mask = canvas.mask_canvas(b, t, h, w, batch.get("motion_valid"))
+    return jnp.maximum(jnp.sum(canvas.unknown_weights(mask)), 1.0)
+
+
+def loss_sum(model, batch: dict, draws: dict, ocfg: ObjectiveConfig, normaliser: jax.Array):
+    """Σ over this (micro)batch of weighted squared error, divided by ``normaliser`` (the full batch's Σw)."""
+    x_in, t, v_target, weights = canvas_inputs(batch, draws["sigma"], draws["noise"],
+                                               patch_size=model.cfg.patch_size, given_region=ocfg.given_region)
+    text = jnp.where(draws["text_keep"][:, None, None], batch["text"], jnp.zeros_like(batch["text"]))
     v = model(x_in, t, text, batch.get("text_mask"))
-    loss = flow.weighted_mse(v, v_target, weights)
-    return loss, {"loss": loss, "sigma_mean": jnp.mean(sigma)}
+    se = jnp.square(v.astype(jnp.float32) - v_target.astype(jnp.float32)).mean(axis=-1)
+    return jnp.sum(se * weights) / normaliser
+
+
+def loss_and_metrics(model, batch: dict, rng: jax.Array, ocfg: ObjectiveConfig):
+    """Flow-matching loss of ``model`` on ``batch``; returns (loss, metrics)."""
+    d = draw(rng, batch, ocfg)
+    loss = loss_sum(model, batch, d, ocfg, loss_weight_total(batch))
+    return loss, {"loss": loss, "sigma_mean": jnp.mean(d["sigma"])}

@@ -26,14 +26,20 @@ def abstract_batch(config: ml_collections.ConfigDict, text_dim: int) -> dict[str
     return {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
 
 
+def step_fn(config: ml_collections.ConfigDict, graphdef, tx):
+    """The train step with everything static bound from ``config`` (ready for jit)."""
+    return functools.partial(train_step, graphdef=graphdef, tx=tx, objective=ObjectiveConfig(**config.objective),
+                             microbatches=config.optim.microbatches, ema_decay=config.optim.ema_decay)
+
+
 def abstract_run(config: ml_collections.ConfigDict):
     """Returns (model config, graphdef, abstract TrainState, abstract batch, the step partial)."""
     config_lib.validate(config)
     mcfg = model_config(config.model)
     graphdef, params = split_params(abstract_model(mcfg))
     tx, _ = optim.make_optimizer(config.optim, config.train.steps)
-    state = jax.eval_shape(functools.partial(state_lib.create, tx=tx), params)
-    step = functools.partial(train_step, graphdef=graphdef, tx=tx, objective=ObjectiveConfig(**config.objective))
+    state = jax.eval_shape(functools.partial(state_lib.create, tx=tx, ema=config.optim.ema_decay > 0), params)
+    step = step_fn(config, graphdef, tx)
     return mcfg, graphdef, state, abstract_batch(config, mcfg.text_dim), step
 
 

@@ -15,12 +15,10 @@ from jax.sharding import PartitionSpec as P
 
 from dreamactor_jax import config_lib
 from dreamactor_jax.data import schema, synthetic
-from dreamactor_jax.diffusion.objective import ObjectiveConfig
 from dreamactor_jax.models.build import count_params, init_params, model_config
 from dreamactor_jax.parallel.mesh import make_mesh
-from dreamactor_jax.train import optim
+from dreamactor_jax.train import abstract, optim
 from dreamactor_jax.train import state as state_lib
-from dreamactor_jax.train.step import train_step
 
 
 class NonFiniteError(FloatingPointError):
@@ -40,7 +38,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains per ``config``, writing ``config.json`` and ``metrics.jsonl`` into ``workdir``; returns a summary."""
     config_lib.validate(config)
     mcfg = model_config(config.model)
-    ocfg = ObjectiveConfig(**config.objective)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
@@ -56,8 +53,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     graphdef, params = init_params(mcfg, config.seed, shardings=replicated)
     print(f"model: {config.model.preset} params: {count_params(params)} mesh: {dict(mesh.shape)}", flush=True)
     tx, sched = optim.make_optimizer(config.optim, config.train.steps)
-    state = jax.jit(functools.partial(state_lib.create, tx=tx), out_shardings=replicated)(params)
-    step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, objective=ocfg), donate_argnums=0)
+    state = jax.jit(functools.partial(state_lib.create, tx=tx, ema=config.optim.ema_decay > 0),
+                    out_shardings=replicated)(params)
+    step_fn = jax.jit(abstract.step_fn(config, graphdef, tx), donate_argnums=0)
     source = batch_source(config, mcfg.text_dim)
     d = config.data
     expected = schema.batch_shapes(d.batch_size, d.frames, d.height, d.width, d.channels, d.text_len, mcfg.text_dim)

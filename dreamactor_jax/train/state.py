@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -17,7 +18,7 @@ class TrainState:
     ema: Any = None  # EMA of params, or None when disabled
 
 
-def create(params: dict, tx: optax.GradientTransformation) -> TrainState:
-    import jax.numpy as jnp
-
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def create(params: dict, tx: optax.GradientTransformation, ema: bool = False) -> TrainState:
+    """A fresh state at step 0; the EMA, when on, starts at the initial params."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema=jax.tree.map(jnp.copy, params) if ema else None)
