@@ -41,4 +41,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.steps = 60 if tiny else 50_000  # optimizer updates (paper: 50k per stage)
     c.train.log_every = 10  # steps between metric lines
+    c.train.checkpoint_every = 50 if tiny else 1000  # steps between checkpoints (and at the end)
+    c.train.keep_checkpoints = 3  # newest checkpoints kept
     return c

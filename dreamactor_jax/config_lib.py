@@ -66,6 +66,9 @@ def mesh_section(**sizes) -> ml_collections.ConfigDict:
     m.fsdp = 1  # params, grads and optimizer state sharded; batch also split over it
     m.tensor = 1  # heads / mlp split (Megatron-style)
     m.sequence = 1  # tokens split (sequence-parallel attention)
+    m.rules = ()  # logical-axis rules as [[logical, mesh_axes], ...]; empty = parallel.rules.DEFAULT_RULES
+    m.max_replicated_bytes = 64 * 2**20  # fail when fsdp > 1 and more param bytes than this are not fsdp-sharded
+    m.log_shardings = False  # print the per-parameter sharding table at start
     m.update(sizes)
     return m
 
@@ -91,6 +94,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.channels={d.channels} must equal the model's out_channels {mcfg.out_channels}")
     if not 0 <= d.motion_masked_frames < d.frames:
         raise ValueError(f"config.data.motion_masked_frames must be in [0, frames), got {d.motion_masked_frames}")
+    m = config.mesh
+    if m.sequence > 1:
+        heads_per_tensor = mcfg.num_attention_heads // max(m.tensor, 1)
+        if mcfg.sequence_parallel == "ulysses" and heads_per_tensor % m.sequence:
+            raise ValueError(f"config.mesh.sequence={m.sequence}: Ulysses attention needs the heads per tensor shard "
+                             f"({mcfg.num_attention_heads} / tensor {m.tensor}) divisible by it; use "
+                             "config.model.sequence_parallel='ring' or another mesh")
+        tokens = (d.frames // pt) * (d.height // ph) * (2 * d.width // pw)
+        if tokens % m.sequence:
+            raise ValueError(f"config.mesh.sequence={m.sequence} does not divide the {tokens} canvas tokens")
     o = config.optim
     if o.microbatches < 1 or d.batch_size % o.microbatches:
         raise ValueError(f"config.optim.microbatches={o.microbatches} must be >= 1 and divide "

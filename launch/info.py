@@ -4,7 +4,7 @@
   -> params: 14288491584
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from dreamactor_jax.models import info
 
@@ -14,6 +14,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # keep Orbax/absl INFO chatter out of the run log
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     print(info.report(FLAGS.preset, depth=FLAGS.depth))

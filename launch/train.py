@@ -3,7 +3,7 @@
   python launch/train.py --config=configs/stage1_pose.py:tiny --workdir=/tmp/stage1_tiny
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dreamactor_jax.train import loop
@@ -15,6 +15,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # keep Orbax/absl INFO chatter out of the run log
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     summary = loop.run(FLAGS.config, FLAGS.workdir)

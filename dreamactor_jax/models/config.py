@@ -63,6 +63,7 @@ class WanConfig:
     remat: str = "none"  # one of REMAT_POLICIES
     attention: str = "xla"  # one of ATTENTION_IMPLS
     attention_block_q: int = 128  # query block for attention="blocked"
+    sequence_parallel: str = "ulysses"  # strategy when the mesh's sequence axis > 1: "ulysses" | "ring"
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -109,6 +110,8 @@ class WanConfig:
             bad("remat", f"must be one of {REMAT_POLICIES}, got {self.remat!r}")
         if self.attention not in ATTENTION_IMPLS:
             bad("attention", f"must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+        if self.sequence_parallel not in ("ulysses", "ring"):
+            bad("sequence_parallel", f"must be 'ulysses' or 'ring', got {self.sequence_parallel!r}")
         if self.attention_block_q < 1:
             bad("attention_block_q", f"must be positive, got {self.attention_block_q}")
 

@@ -23,6 +23,8 @@ from jax.ad_checkpoint import checkpoint_name
 from dreamactor_jax.models import attention as attn_lib
 from dreamactor_jax.models.config import WanConfig
 from dreamactor_jax.models.layers import FeedForward, LayerNorm, Linear, RMSNorm, param, xavier_uniform, zeros
+from dreamactor_jax.parallel import sequence as seq_lib
+from dreamactor_jax.parallel.rules import constrain
 
 normal_002 = nnx.initializers.normal(0.02)
 
@@ -112,6 +114,7 @@ class Attention(nnx.Module):
         self.heads = cfg.num_attention_heads
         self.impl = cfg.attention
         self.block_q = cfg.attention_block_q
+        self.strategy = cfg.sequence_parallel
         self.to_q = Linear(d, inner, axes=("embed", "heads"), **kw)
         self.to_k = Linear(d, inner, axes=("embed", "heads"), **kw)
         self.to_v = Linear(d, inner, axes=("embed", "heads"), **kw)
@@ -137,11 +140,14 @@ class Attention(nnx.Module):
         if rope is not None:
             q = attn_lib.apply_rope(q, *rope)
             k = attn_lib.apply_rope(k, *rope)
-        o = attn_lib.attend(self.impl, q, k, v, ctx_mask_bl, block_q=self.block_q)
+        # Sequence-parallel (shard_map over the mesh's 'sequence' axis) when one is active, else local.
+        o = seq_lib.attend(self.impl, q, k, v, ctx_mask_bl, block_q=self.block_q, kv_sharded=ctx_bld is None,
+                           strategy=self.strategy)
         if img_bmd is not None and self.add_k_proj is not None:
             ki = self._heads(self.norm_added_k(self.add_k_proj(img_bmd)))
             vi = self._heads(self.add_v_proj(img_bmd))
-            o = o + attn_lib.attend(self.impl, q, ki, vi, None, block_q=self.block_q)
+            o = o + seq_lib.attend(self.impl, q, ki, vi, None, block_q=self.block_q, kv_sharded=False,
+                                   strategy=self.strategy)
         b, n = o.shape[:2]
         return self.to_out(checkpoint_name(o.reshape(b, n, -1), "attention_out"))
 
@@ -192,6 +198,8 @@ class TransformerBlock(nnx.Module):
         x = (x.astype(jnp.float32) + self.ffn(h).astype(jnp.float32) * c_gate).astype(dt)
         return x
 
+
+_ACT = ("act_batch", "act_tokens", "act_embed")  # the residual stream between blocks
 
 _REMAT_POLICIES = {
     "full": None,
@@ -285,7 +293,11 @@ class WanTransformer3DModel(nnx.Module):
 
         def body(h, layer_state):
             block = nnx.merge(graphdef, layer_state)
-            return block(h, ctx, ctx_mask, tproj, rope, img)
+            return constrain(block(h, ctx, ctx_mask, tproj, rope, img), _ACT)
+
+        h = constrain(h, _ACT)
+        if tproj.ndim == 3:  # per-token modulation (B, N, 6D) follows the tokens
+            tproj = constrain(tproj, ("act_batch", "act_tokens", None))
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)

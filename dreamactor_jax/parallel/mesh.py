@@ -9,11 +9,13 @@ import jax
 from jax.sharding import AxisType, Mesh
 
 AXES = ("data", "fsdp", "tensor", "sequence")
+# Other fields of config.mesh that are not axis sizes.
+MESH_OPTIONS = ("rules", "max_replicated_bytes", "log_shardings")
 
 
 def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     """Sizes for AXES; at most one may be -1 (filled from ``num_devices``). Errors name the field."""
-    unknown = sorted(set(sizes) - set(AXES))
+    unknown = sorted(set(sizes) - set(AXES) - set(MESH_OPTIONS))
     if unknown:
         raise ValueError(f"config.mesh has unknown axis field(s) {unknown}; axes are {AXES}")
     vals = [int(sizes.get(a, 1)) for a in AXES]

@@ -103,3 +103,15 @@ def abstract_like(tree: Any, shardings: Any = None) -> Any:
     if shardings is None:
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, shardings: Any) -> Any:
+    """Restores a TrainState saved by :func:`save` onto ``shardings`` (any mesh: Orbax reshards)."""
+    items = {"params": ocp.args.StandardRestore(abstract_like(abstract_state.params, shardings.params)),
+             "opt_state": ocp.args.StandardRestore(abstract_like(abstract_state.opt_state, shardings.opt_state))}
+    if abstract_state.ema is not None:
+        items["ema"] = ocp.args.StandardRestore(abstract_like(abstract_state.ema, shardings.ema))
+    got = mngr.restore(step, args=ocp.args.Composite(**items))
+    step_arr = jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), shardings.step)
+    return abstract_state.replace(step=step_arr, params=got["params"], opt_state=got["opt_state"],
+                                  ema=got.get("ema") if abstract_state.ema is not None else None)

@@ -1,0 +1,52 @@
+"""Sharding plan of a run: parameter, train-state and batch shardings on one mesh, from the logical rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dreamactor_jax.models.build import abstract_model
+from dreamactor_jax.models.config import WanConfig
+from dreamactor_jax.parallel import rules as rules_lib
+
+
+@dataclasses.dataclass
+class ShardingPlan:
+    mesh: jax.sharding.Mesh
+    params: Any  # NamedShardings, structure of the params pure dict
+    state: Any  # NamedShardings, structure of the TrainState
+    batch: Any  # NamedShardings, structure of the batch dict
+    rules: tuple
+
+
+def config_rules(config: ml_collections.ConfigDict) -> tuple:
+    """The rule set of a run: ``config.mesh.rules`` (a list of [logical, mesh axes]) or the defaults."""
+    custom = config.mesh.get("rules") if "rules" in config.mesh else None
+    return rules_lib.normalize_rules(custom) if custom else rules_lib.DEFAULT_RULES
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, batch: Any) -> Any:
+    """Batch dimension over (data, fsdp) where it divides; everything else replicated."""
+    sizes = dict(mesh.shape)
+
+    def one(x):
+        axes = [a for a in ("data", "fsdp") if sizes.get(a, 1) > 1]
+        while axes and x.shape[0] % math.prod(sizes[a] for a in axes):
+            axes.pop()
+        return NamedSharding(mesh, P(tuple(axes) if axes else None))
+
+    return jax.tree.map(one, batch)
+
+
+def plan(mcfg: WanConfig, mesh: jax.sharding.Mesh, state: Any, batch: Any, rules: tuple | None = None) -> ShardingPlan:
+    """Shardings for the params, the whole train state (moments and EMA shard like params) and the batch."""
+    rules = tuple(rules or rules_lib.DEFAULT_RULES)
+    p = rules_lib.param_shardings(abstract_model(mcfg), mesh, rules)
+    s = rules_lib.tree_shardings(state, state.params, p, mesh)
+    return ShardingPlan(mesh=mesh, params=p, state=s, batch=batch_sharding(mesh, batch), rules=rules)
