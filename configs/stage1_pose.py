@@ -10,6 +10,7 @@ Any field can be overridden: --config.optim.lr=1e-4 --config.model.remat=full
 import ml_collections
 
 from dreamactor_jax import config_lib
+from dreamactor_jax.data import sources
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,15 +27,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         shift=1.0 if tiny else 3.0,
         text_dropout=0.1,
     )
-    c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"  # "synthetic" (copy task, no files)
-    c.data.batch_size = 2  # global batch (paper: 2)
-    c.data.frames = 3 if tiny else 21  # latent frames T (81 video frames -> 21 latents)
-    c.data.height = 8 if tiny else 60  # latent height of one canvas half (480 px / 8)
-    c.data.width = 8 if tiny else 104  # latent width of one canvas half (832 px / 8); the canvas is 2x
-    c.data.channels = 16  # latent channels C (Wan VAE: 16); canvas input is 2C + 4
-    c.data.text_len = 8 if tiny else 512  # text tokens L (umT5: 512)
-    c.data.motion_masked_frames = 1 if tiny else 4  # latent frames with the driving signal masked (first second)
+    c.data = sources.data_section(
+        source="procedural", stage=1,
+        frames=5 if tiny else 21,  # latent frames (tiny: 5 frames of 32 x 32 px)
+        height=16 if tiny else 60, width=16 if tiny else 104,
+        text_len=8 if tiny else 512,
+        motion_masked_frames=1 if tiny else 4,
+        batch_size=4 if tiny else 2,
+    )
     c.optim = config_lib.optim_section(lr=1e-3 if tiny else 5e-5, warmup_steps=0 if tiny else 500,
                                        grad_clip_norm=1.0)
     c.mesh = config_lib.mesh_section(data=1 if tiny else -1)

@@ -80,6 +80,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     mcfg = model_config(config.model)
     ObjectiveConfig(**config.objective)
     d = config.data
+    from dreamactor_jax.data import sources
+
+    if d.source not in sources.SOURCES:
+        raise ValueError(f"config.data.source={d.source!r} is unknown; available: {sources.SOURCES}")
+    if d.stage not in (1, 2):
+        raise ValueError(f"config.data.stage must be 1 (pose) or 2 (RGB driving), got {d.stage}")
     for f in ("batch_size", "frames", "height", "width", "channels", "text_len"):
         if int(d[f]) < 1:
             raise ValueError(f"config.data.{f} must be positive, got {d[f]}")

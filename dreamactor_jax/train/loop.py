@@ -12,7 +12,7 @@ import jax
 import ml_collections
 
 from dreamactor_jax import config_lib
-from dreamactor_jax.data import schema, synthetic
+from dreamactor_jax.data import schema, sources
 from dreamactor_jax.models.build import count_params, init_params, model_config
 from dreamactor_jax.parallel import rules, shard
 from dreamactor_jax.parallel.mesh import make_mesh
@@ -22,15 +22,6 @@ from dreamactor_jax.train import state as state_lib
 
 class NonFiniteError(FloatingPointError):
     pass
-
-
-def batch_source(config: ml_collections.ConfigDict, text_dim: int):
-    d = config.data
-    if d.source != "synthetic":
-        raise ValueError(f"config.data.source={d.source!r} is not available; use 'synthetic'")
-    return functools.partial(synthetic.synthetic_batch, config.seed, batch=d.batch_size, frames=d.frames,
-                             height=d.height, width=d.width, channels=d.channels, text_len=d.text_len,
-                             text_dim=text_dim, masked_frames=d.motion_masked_frames)
 
 
 def put_batch(host: dict, shardings: dict) -> dict:
@@ -78,7 +69,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           donate_argnums=0)
     print(f"model: {config.model.preset} params: {count_params(abs_state.params)} mesh: {dict(mesh.shape)}",
           flush=True)
-    source = batch_source(config, mcfg.text_dim)
+    source = sources.make_source(config, mcfg.text_dim)
     d = config.data
     expected = schema.batch_shapes(d.batch_size, d.frames, d.height, d.width, d.channels, d.text_len, mcfg.text_dim)
     key = jax.random.key(config.seed)

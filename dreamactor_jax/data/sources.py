@@ -1,0 +1,120 @@
+"""Batch sources for the loop: ``source(step) -> host batch`` (numpy, this process's slice).
+
+Every source is random access by step: batch ``i`` is a pure function of
+(config, i), so a resumed run sees exactly the batches an uninterrupted run
+would, and the "iterator state" is the step number saved with the checkpoint.
+Per-process sharding: with several processes each builds only its
+``1/process_count`` slice of the global batch (consecutive examples).
+
+Sources (``config.data.source``):
+  synthetic   the copy task of :mod:`dreamactor_jax.data.synthetic` (no files)
+  procedural  the procedural character dataset, via grain (shuffle, map, batch),
+              encoded to latents by ``config.data.codec``
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from dreamactor_jax.codecs import get_codec
+from dreamactor_jax.data import synthetic
+from dreamactor_jax.data.procedural import dataset as proc
+from dreamactor_jax.data.text import TextEncoder
+
+SOURCES = ("synthetic", "procedural")
+
+
+def codec_from(config: ml_collections.ConfigDict):
+    c = config.data.codec
+    return get_codec(c.name, spatial_factor=c.spatial_factor, latent_channels=config.data.channels)
+
+
+def procedural_config(config: ml_collections.ConfigDict, split: str | None = None) -> proc.ProceduralConfig:
+    """Pixel-space generator settings: latent sizes times the codec's factors."""
+    d = config.data
+    codec = codec_from(config)
+    p = d.procedural
+    return proc.ProceduralConfig(
+        frames=(d.frames - 1) * codec.temporal_factor + 1, height=d.height * codec.spatial_factor,
+        width=d.width * codec.spatial_factor, seed=config.seed, body_plans=tuple(p.body_plans),
+        max_subjects=p.max_subjects, two_subject_prob=p.two_subject_prob, cross_mode=p.cross_mode,
+        pose_augment_prob=p.pose_augment_prob if (split or d.split) == "train" else 0.0)
+
+
+class EncodeExample(grain.transforms.Map):
+    """Procedural example -> latent training fields of ``data/schema.py`` (no batch axis)."""
+
+    def __init__(self, codec, text_encoder: TextEncoder, stage: int, masked_frames: int):
+        self.codec, self.text, self.stage, self.masked = codec, text_encoder, stage, masked_frames
+
+    def map(self, example: dict) -> dict:
+        px = proc.training_fields(example, stage=self.stage, text_encoder=self.text, masked_frames=0)
+        lat = {k: self.codec.encode(px[k][None])[0] for k in ("target", "reference", "motion")}
+        valid = np.ones((lat["target"].shape[0],), np.float32)
+        valid[: self.masked] = 0.0
+        lat["motion"] = lat["motion"] * valid[:, None, None, None]
+        return dict(lat, motion_valid=valid, text=px["text"], text_mask=px["text_mask"])
+
+
+def procedural_dataset(config: ml_collections.ConfigDict, text_dim: int, *, split: str | None = None,
+                       stage: int | None = None) -> grain.MapDataset:
+    """Shuffled, encoded, per-process-batched grain MapDataset over the procedural generator."""
+    d = config.data
+    split = split or d.split
+    n = d.procedural.num_examples
+    ds = grain.MapDataset.source(proc.ProceduralSource(split, procedural_config(config, split), length=n))
+    if split == "train":
+        ds = ds.shuffle(seed=config.seed)
+    ds = ds.map(EncodeExample(codec_from(config), TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed),
+                              stage or d.stage, d.motion_masked_frames))
+    per_process = d.batch_size // jax.process_count()
+    # Each process takes its own contiguous slice of every global batch.
+    ds = ds.batch(d.batch_size, drop_remainder=True)
+    if jax.process_count() > 1:
+        lo = jax.process_index() * per_process
+        ds = ds.map(lambda b: {k: v[lo : lo + per_process] for k, v in b.items()})
+    return ds.repeat(None) if split == "train" else ds
+
+
+def make_source(config: ml_collections.ConfigDict, text_dim: int) -> Callable[[int], dict]:
+    """``source(step) -> host batch`` for ``config.data.source``."""
+    d = config.data
+    if d.source == "synthetic":
+        return functools.partial(synthetic.synthetic_batch, config.seed, batch=d.batch_size, frames=d.frames,
+                                 height=d.height, width=d.width, channels=d.channels, text_len=d.text_len,
+                                 text_dim=text_dim, masked_frames=d.motion_masked_frames)
+    if d.source == "procedural":
+        ds = procedural_dataset(config, text_dim)
+        return lambda step: ds[step]
+    raise ValueError(f"config.data.source={d.source!r} is unknown; available: {SOURCES}")
+
+
+def data_section(**overrides) -> ml_collections.ConfigDict:
+    """``config.data`` with every field documented (latent sizes; pixel sizes follow from the codec)."""
+    c = ml_collections.ConfigDict()
+    c.source = "procedural"  # one of SOURCES
+    c.split = "train"  # procedural split to train on
+    c.stage = 1  # 1: pose-render motion; 2: RGB driving video
+    c.batch_size = 2  # global batch (paper: 2)
+    c.frames = 21  # latent frames T
+    c.height = 60  # latent height of one canvas half
+    c.width = 104  # latent width of one canvas half; the canvas is 2x
+    c.channels = 16  # latent channels C; the model input is 2C + 4
+    c.text_len = 512  # text tokens L
+    c.motion_masked_frames = 4  # latent frames with the driving signal masked (first second)
+    c.codec = ml_collections.ConfigDict(dict(name="space_to_depth", spatial_factor=2))
+    c.procedural = ml_collections.ConfigDict(dict(
+        num_examples=1_000_000,  # examples per epoch of the generator
+        body_plans=("humanoid", "quadruped", "cartoon", "bird"),
+        max_subjects=2, two_subject_prob=0.2,
+        cross_mode="shape",  # what the cross identity may change: appearance | shape | any
+        pose_augment_prob=0.3,  # paper: bone-length scaling in U(0.8, 1.2) on 30% of samples
+    ))
+    c.update(overrides)
+    return c
