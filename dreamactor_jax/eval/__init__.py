@@ -1,0 +1,1 @@
+"""Evaluation on held-out cross-identity pairs: PSNR, SSIM, keypoint consistency."""
