@@ -10,6 +10,11 @@ Sources (``config.data.source``):
   synthetic   the copy task of :mod:`dreamactor_jax.data.synthetic` (no files)
   procedural  the procedural character dataset, via grain (shuffle, map, batch),
               encoded to latents by ``config.data.codec``
+  records     ArrayRecord files under ``config.data.records_dir`` (``data/records.py``): pixel
+              records are encoded by the codec, latent records pass through
+
+``config.data.pose_mix`` > 0 (stage 2) replaces that fraction of batches, chosen
+per step by a seeded draw, with stage-1 pose batches from the procedural source.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ import ml_collections
 import numpy as np
 
 from dreamactor_jax.codecs import get_codec
-from dreamactor_jax.data import synthetic
+from dreamactor_jax.data import pipeline, synthetic
 from dreamactor_jax.data.procedural import dataset as proc
 from dreamactor_jax.data.text import TextEncoder
 
-SOURCES = ("synthetic", "procedural")
+SOURCES = ("synthetic", "procedural", "records")
 
 
 def codec_from(config: ml_collections.ConfigDict):
@@ -92,7 +97,18 @@ def make_source(config: ml_collections.ConfigDict, text_dim: int) -> Callable[[i
     if d.source == "procedural":
         ds = procedural_dataset(config, text_dim)
         return lambda step: ds[step]
+    if d.source == "records":
+        # Checks the records against the config (latent T/H/W/C, stored text shape).
+        main = pipeline.make_records_source(config, text_dim, codec=codec_from(config))
+        if d.pose_mix <= 0:
+            return main
+        pose = procedural_dataset(config, text_dim, split="train", stage=1)
+        return lambda step: pose[step] if _mix_draw(config.seed, step) < d.pose_mix else main(step)
     raise ValueError(f"config.data.source={d.source!r} is unknown; available: {SOURCES}")
+
+
+def _mix_draw(seed: int, step: int) -> float:
+    return float(np.random.default_rng([seed, step, 0x313]).random())
 
 
 def data_section(**overrides) -> ml_collections.ConfigDict:
@@ -108,6 +124,8 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
     c.channels = 16  # latent channels C; the model input is 2C + 4
     c.text_len = 512  # text tokens L
     c.motion_masked_frames = 4  # latent frames with the driving signal masked (first second)
+    c.records_dir = ""  # ArrayRecord directory for source='records'
+    c.pose_mix = 0.0  # fraction of batches drawn from stage-1 pose data instead (stage 2 mixing)
     c.codec = ml_collections.ConfigDict(dict(name="space_to_depth", spatial_factor=2))
     c.procedural = ml_collections.ConfigDict(dict(
         num_examples=1_000_000,  # examples per epoch of the generator

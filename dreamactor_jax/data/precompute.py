@@ -1,0 +1,122 @@
+"""Pixel records -> latent records: run a codec once, offline, instead of every training step.
+
+Each input shard ``<src>/X-00003-of-00008.array_record`` becomes ``<out>/X-00003-of-00008.array_record``
+with the same records in the same order (corrupt input records are skipped, counted and logged),
+``kind="latents"``, ``target``/``reference``/``motion`` replaced by ``codec.encode`` of the pixels in
+[-1, 1], ``motion_valid`` mapped to latent frames, and ``caption``/ids carried over. With a text
+encoder the caption embeddings are stored as ``text``/``text_mask`` too.
+
+Sharded across processes: process ``i`` of ``n`` handles input shards ``i::n``. Resumable: an output
+shard is written under a temporary name and renamed when complete, so an existing output shard is
+finished and skipped on the next run; temporaries of an interrupted run are overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+
+import numpy as np
+
+from dreamactor_jax.data import records as rec
+from dreamactor_jax.data.pipeline import latent_valid
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PrecomputeReport:
+    """Output shards written now, found complete (skipped), input shards unreadable, records written/corrupt."""
+
+    written: list = dataclasses.field(default_factory=list)
+    existing: list = dataclasses.field(default_factory=list)
+    unreadable: list = dataclasses.field(default_factory=list)
+    records: int = 0
+    corrupt: int = 0
+
+
+def encode_records(pixel_records: list[dict], codec, text_encoder=None) -> list[dict]:
+    """Latent records of a list of pixel records (one ``codec.encode`` call per field for the whole list)."""
+    out = [dict(kind="latents") for _ in pixel_records]
+    for k in rec.VIDEO_FIELDS:
+        px = np.stack([rec.uint8_to_pixels(r[k]) for r in pixel_records])
+        lat = np.asarray(codec.encode(px), np.float32)
+        for o, x in zip(out, lat):
+            o[k] = x
+    for o, r in zip(out, pixel_records):
+        o["motion_valid"] = latent_valid(r["motion_valid"], codec.temporal_factor)
+        for k in ("caption", "identity_id", "motion_id", "text", "text_mask"):
+            if k in r:
+                o[k] = r[k]
+        if text_encoder is not None and "caption" in r:
+            o["text"], o["text_mask"] = text_encoder(r["caption"])
+    return out
+
+
+def precompute_shard(src_path: str, out_path: str, codec, *, text_encoder=None, batch_size: int = 8) -> tuple[int, int]:
+    """Encodes one input shard into one output shard (atomic); returns (records written, corrupt skipped)."""
+    source = rec.RecordSource([src_path])  # FileNotFoundError when the shard is unreadable
+    for stale in glob.glob(glob.escape(out_path) + ".tmp-*"):  # left by an interrupted run
+        os.remove(stale)
+    if source.kind != "pixels":
+        raise ValueError(f"{src_path} holds {source.kind} records; precompute reads pixel records")
+    corrupt = 0
+
+    def latents():
+        nonlocal corrupt
+        batch = []
+        for i in range(len(source)):
+            try:
+                batch.append(source.read(i))
+            except rec.CorruptRecordError as e:
+                # Skipped, not substituted: the output must hold each input example at most once.
+                loc = source.locate(i)
+                rec.STATS.corrupt(loc.file, loc.index, str(e))
+                corrupt += 1
+            if len(batch) == batch_size or (i == len(source) - 1 and batch):
+                yield from (rec.encode_record(r) for r in encode_records(batch, codec, text_encoder))
+                batch = []
+
+    n = rec.write_file(out_path, latents())
+    source.close()
+    return n, corrupt
+
+
+def precompute(src, out_dir: str, codec, *, text_encoder=None, process_index: int = 0, process_count: int = 1,
+               batch_size: int = 8) -> PrecomputeReport:
+    """Latent records for this process's share of the pixel record shards in ``src``.
+
+    Args:
+      src: directory / glob / list of pixel record files.
+      out_dir: where latent shards go (same file names); created if missing.
+      codec: a codec of ``dreamactor_jax.codecs`` (``encode`` on (B, T, H, W, 3) in [-1, 1]).
+      text_encoder: optional caption -> (text, text_mask), stored in the records.
+      process_index, process_count: this process handles input shards ``process_index::process_count``.
+      batch_size: records per ``codec.encode`` call.
+
+    Returns:
+      A :class:`PrecomputeReport` of this process's work.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
+    files = rec.resolve_files(src)
+    os.makedirs(out_dir, exist_ok=True)
+    report = PrecomputeReport()
+    for path in files[process_index::process_count]:
+        out = os.path.join(out_dir, os.path.basename(path))
+        if os.path.exists(out):  # final names only appear on completion: this shard is done
+            report.existing.append(out)
+            continue
+        try:
+            n, bad = precompute_shard(path, out, codec, text_encoder=text_encoder, batch_size=batch_size)
+        except FileNotFoundError as e:  # truncated input shard: reported (skip_stats too), the rest goes on
+            log.error("skipping input shard %s: %s", path, e)
+            report.unreadable.append(path)
+            continue
+        log.info("wrote %s: %d latent records (%d corrupt inputs skipped)", out, n, bad)
+        report.written.append(out)
+        report.records += n
+        report.corrupt += bad
+    return report

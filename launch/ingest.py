@@ -1,0 +1,42 @@
+"""Real videos + OpenPose keypoint JSON -> pixel records (ArrayRecord shards).
+
+  python launch/ingest.py --videos=DIR --poses=DIR --out=DIR --frames=17 --height=64 --width=64 --stride=8
+Input layout, clip cutting and captions: see ``dreamactor_jax/data/ingest.py``. Then either train on the
+pixel records (``--config.data.source=records --config.data.records_dir=DIR``) or turn them into latents
+with ``launch/precompute.py``.
+"""
+
+from absl import app, flags, logging
+
+from dreamactor_jax.data.ingest import IngestConfig, ingest
+
+flags.DEFINE_string("videos", None, "Directory of videos (*.mp4, *.mov, *.mkv, *.webm, *.avi).")
+flags.DEFINE_string("poses", None, "Directory of OpenPose JSON (per-frame files or one list per video).")
+flags.DEFINE_string("out", None, "Output directory for the record shards.")
+flags.DEFINE_string("name", "clips", "Shard file name prefix.")
+flags.DEFINE_integer("frames", 17, "Frames per clip.")
+flags.DEFINE_integer("height", 64, "Output height (cover-resize + centre crop).")
+flags.DEFINE_integer("width", 64, "Output width.")
+flags.DEFINE_integer("stride", 0, "Source frames between clip starts (0: clips back to back).")
+flags.DEFINE_integer("frame_step", 1, "Take every n-th source frame.")
+flags.DEFINE_integer("max_people", 4, "People drawn per frame.")
+flags.DEFINE_float("min_confidence", 0.05, "Keypoints below this confidence are not drawn.")
+flags.DEFINE_integer("shard_size", 64, "Records per shard file.")
+flags.mark_flags_as_required(["videos", "poses", "out"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = IngestConfig(frames=FLAGS.frames, height=FLAGS.height, width=FLAGS.width, stride=FLAGS.stride,
+                       frame_step=FLAGS.frame_step, max_people=FLAGS.max_people, min_confidence=FLAGS.min_confidence)
+    report = ingest(FLAGS.videos, FLAGS.poses, FLAGS.out, cfg, name=FLAGS.name, shard_size=FLAGS.shard_size)
+    for path, reason in report.skipped:
+        logging.warning("skipped %s: %s", path, reason)
+    print(f"wrote {report.clips} clips from {report.videos} videos into {len(report.files)} shards in {FLAGS.out}; "
+          f"skipped {len(report.skipped)} videos")
+
+
+if __name__ == "__main__":
+    app.run(main)

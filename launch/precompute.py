@@ -1,0 +1,55 @@
+"""Pixel records -> latent records with a codec, sharded across processes, resumable.
+
+  python launch/precompute.py --src=DIR --out=DIR --codec=space_to_depth --spatial_factor=2 --latent_channels=16
+Process i of n (``--process_index/--process_count``, default: this jax process) handles input shards
+i::n; finished output shards are skipped on a re-run. ``--text_dim > 0`` also stores caption embeddings of
+the toy text encoder (``--text_len``, ``--seed``); otherwise training encodes captions on the fly.
+Processes never talk to each other; ``--coordinator=HOST:PORT`` only serves to learn the process index
+from ``jax.distributed`` instead of passing it.
+"""
+
+from absl import app, flags
+
+from dreamactor_jax.codecs import get_codec
+from dreamactor_jax.data.precompute import precompute
+from dreamactor_jax.data.text import TextEncoder
+
+flags.DEFINE_string("src", None, "Directory (or glob) of pixel record shards.")
+flags.DEFINE_string("out", None, "Output directory for latent record shards.")
+flags.DEFINE_string("codec", "space_to_depth", "Codec name (dreamactor_jax.codecs.get_codec).")
+flags.DEFINE_integer("spatial_factor", 2, "Codec spatial factor.")
+flags.DEFINE_integer("latent_channels", 16, "Codec latent channels.")
+flags.DEFINE_integer("batch_size", 8, "Records per encode call.")
+flags.DEFINE_integer("text_len", 512, "Text tokens stored when --text_dim > 0.")
+flags.DEFINE_integer("text_dim", 0, "Text embedding width to store (0: store no text).")
+flags.DEFINE_integer("seed", 0, "Text encoder seed (must match the training config's seed).")
+flags.DEFINE_integer("process_index", -1, "This process (-1: jax.process_index()).")
+flags.DEFINE_integer("process_count", -1, "Processes (-1: jax.process_count()).")
+flags.DEFINE_string("coordinator", None, "HOST:PORT: initialize jax.distributed first (multi-host).")
+flags.mark_flags_as_required(["src", "out"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    index, count = FLAGS.process_index, FLAGS.process_count
+    if FLAGS.coordinator:
+        import jax
+
+        jax.distributed.initialize(FLAGS.coordinator, num_processes=count if count > 0 else None,
+                                   process_id=index if index >= 0 else None)
+    if index < 0 or count < 0:
+        import jax  # processes work independently: jax only tells this process its place
+
+        index, count = jax.process_index(), jax.process_count()
+    codec = get_codec(FLAGS.codec, spatial_factor=FLAGS.spatial_factor, latent_channels=FLAGS.latent_channels)
+    text = TextEncoder(length=FLAGS.text_len, dim=FLAGS.text_dim, seed=FLAGS.seed) if FLAGS.text_dim > 0 else None
+    r = precompute(FLAGS.src, FLAGS.out, codec, text_encoder=text, process_index=index, process_count=count,
+                   batch_size=FLAGS.batch_size)
+    print(f"process {index}/{count}: wrote {len(r.written)} shards ({r.records} records), {len(r.existing)} already "
+          f"complete, {len(r.unreadable)} unreadable inputs, {r.corrupt} corrupt records skipped")
+
+
+if __name__ == "__main__":
+    app.run(main)

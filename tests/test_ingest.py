@@ -1,0 +1,183 @@
+"""Real-video ingestion (mp4 + OpenPose JSON -> pixel records) and latent precompute (-> latent records)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from array_record.python import array_record_module as arm
+
+pytest.importorskip("av")
+
+from dreamactor_jax.codecs import get_codec  # noqa: E402
+from dreamactor_jax.data import ingest, precompute, records, video_io  # noqa: E402
+from dreamactor_jax.data.text import TextEncoder  # noqa: E402
+
+SRC_T, SRC_H, SRC_W = 12, 32, 48
+CFG = ingest.IngestConfig(frames=5, height=16, width=20, stride=4)  # 32x48 -> 16x24 -> crop 2 columns each side
+
+
+def _frames(seed: int) -> np.ndarray:
+    """A moving bright box over a colour ramp: frames differ, and survive H.264."""
+    f = np.zeros((SRC_T, SRC_H, SRC_W, 3), np.uint8)
+    f[..., seed % 3] = np.linspace(40, 200, SRC_W, dtype=np.uint8)[None, None, :]
+    for t in range(SRC_T):
+        f[t, 8:24, 3 * t : 3 * t + 10] = 255
+    return f
+
+
+def _people(t: int, body25: bool = False) -> dict:
+    """One person: neck at (24, 8) moving right; COCO-18 or BODY_25 layout."""
+    kp18 = np.zeros((18, 3), np.float32)
+    kp18[1] = (24 + t, 8, 0.9)  # neck
+    kp18[2], kp18[3], kp18[4] = (18 + t, 9, 0.9), (16 + t, 16, 0.8), (15 + t, 22, 0.7)  # right arm
+    kp18[8], kp18[9], kp18[10] = (20 + t, 20, 0.9), (20 + t, 26, 0.9), (20 + t, 31, 0.9)  # right leg
+    kp18[0] = (24 + t, 4, 0.01)  # a nose below the confidence threshold: not drawn
+    if not body25:
+        return {"people": [{"pose_keypoints_2d": kp18.reshape(-1).tolist()}]}
+    kp25 = np.zeros((25, 3), np.float32)
+    kp25[ingest.BODY_25_TO_18] = kp18
+    kp25[8] = (6, 28, 1.0)  # BODY_25's mid-hip has no COCO joint: must be dropped (target pixel (14, 1))
+    return {"people": [{"pose_keypoints_2d": kp25.reshape(-1).tolist()}]}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    videos, poses = root / "videos", root / "poses"
+    videos.mkdir()
+    poses.mkdir()
+    video_io.write_video(str(videos / "dance_a.mp4"), _frames(0))
+    for t in range(SRC_T):
+        if t != 7:  # frame 7 has no JSON: motion_valid 0 there
+            (poses / f"dance_a_{t:012d}_keypoints.json").write_text(json.dumps(_people(t)))
+    video_io.write_video(str(videos / "walk-b.mp4"), _frames(1))
+    (videos / "walk-b.txt").write_text("a robot walks\nto the left\n")
+    (poses / "walk-b.json").write_text(json.dumps([_people(t, body25=True) for t in range(SRC_T)]))
+    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    (poses / "broken.json").write_text(json.dumps([_people(0)]))
+    video_io.write_video(str(videos / "nopose.mp4"), _frames(2))
+    return videos, poses
+
+
+@pytest.fixture(scope="module")
+def ingested(inputs, tmp_path_factory):
+    videos, poses = inputs
+    out = tmp_path_factory.mktemp("pixels")
+    return ingest.ingest(str(videos), str(poses), str(out), CFG, shard_size=3), out
+
+
+def test_ingest_round_trip(inputs, ingested):
+    videos, poses = inputs
+    report, out = ingested
+    assert report.clips == 4 and report.videos == 2 and len(report.files) == 2
+    assert list(ingest.clip_starts(SRC_T, CFG)) == [0, 4]
+    skipped = {os.path.basename(p): why for p, why in report.skipped}
+    assert set(skipped) == {"broken.mp4", "nopose.mp4"} and "no keypoints" in skipped["nopose.mp4"]
+    src = records.RecordSource(str(out))
+    assert len(src) == 4 and src.kind == "pixels" and src.spec["target"][1] == (5, 16, 20, 3)
+    fit = video_io.fit(SRC_H, SRC_W, CFG.height, CFG.width)
+    assert (fit.resized_height, fit.resized_width, fit.top, fit.left) == (16, 24, 0, 2)
+    for i, (stem, start) in enumerate([("dance_a", 0), ("dance_a", 4), ("walk-b", 0), ("walk-b", 4)]):
+        r = src[i]
+        decoded = video_io.read_video(str(videos / f"{stem}.mp4"), CFG.height, CFG.width)
+        np.testing.assert_array_equal(r["target"], decoded[start : start + 5])
+        np.testing.assert_array_equal(r["reference"][0], decoded[start])
+        assert r["caption"] == ("dance a" if stem == "dance_a" else "a robot walks to the left")
+        assert r["identity_id"] == ingest.stable_id(stem) and r["motion_id"] == ingest.stable_id(stem, start)
+        want_valid = [0.0 if stem == "dance_a" and start + k == 7 else 1.0 for k in range(5)]
+        assert r["motion_valid"].tolist() == want_valid
+        # The pose render sits where the keypoints went: bright at the mapped neck, black far away.
+        for k in range(5):
+            if not want_valid[k]:
+                assert not r["motion"][k].any()
+                continue
+            t = start + k
+            x, y = fit.points(np.array([24 + t, 8], np.float32))
+            assert r["motion"][k, int(y), int(x)].max() > 100, (stem, t)
+            nx, ny = fit.points(np.array([24 + t, 4], np.float32))  # the low-confidence nose
+            assert not r["motion"][k, int(ny), int(nx)].any() and not r["motion"][k, 14, 1].any()
+            assert not r["motion"][k, :, -1].any()
+    # The source video itself is the target, to H.264 precision.
+    err = np.abs(src[0]["target"].astype(int) - video_io.read_video(str(videos / "dance_a.mp4"))[:5, ::2, 5:45:2])
+    assert err.mean() < 20
+
+
+def test_openpose_layouts():
+    people = ingest.parse_people(_people(3, body25=True))
+    np.testing.assert_array_equal(people, ingest.parse_people(_people(3)))
+    assert people.shape == (1, 18, 3)
+    assert ingest.OPENPOSE_18_PARENTS[1] == -1 and all(p < 18 for p in ingest.OPENPOSE_18_PARENTS)
+    with pytest.raises(ValueError, match="18\\*3"):
+        ingest.parse_people({"people": [{"pose_keypoints_2d": [1.0] * 30}]})
+    with pytest.raises(video_io.VideoError):
+        video_io.read_video("/nonexistent.mp4")
+
+
+def _pixel_shards(tmp_path, n=7, shard_size=3):
+    rng = np.random.default_rng(0)
+    exs = [dict(kind="pixels", target=rng.integers(0, 256, (3, 6, 10, 3), dtype=np.uint8),
+                reference=rng.integers(0, 256, (1, 6, 10, 3), dtype=np.uint8),
+                motion=rng.integers(0, 256, (3, 6, 10, 3), dtype=np.uint8),
+                motion_valid=np.array([1, 0, 1], np.float32), caption=f"clip {i}", identity_id=i) for i in range(n)]
+    return exs, records.write_records(str(tmp_path / "px" / "clips"), exs, shard_size)
+
+
+def test_precompute_equals_codec_and_resumes(tmp_path):
+    exs, paths = _pixel_shards(tmp_path)
+    codec = get_codec("space_to_depth", spatial_factor=2, latent_channels=16)
+    text = TextEncoder(length=4, dim=7, seed=0)
+    out = str(tmp_path / "lat")
+    r0 = precompute.precompute(str(tmp_path / "px"), out, codec, text_encoder=text, process_index=0,
+                               process_count=2, batch_size=2)
+    assert [os.path.basename(p) for p in r0.written] == [os.path.basename(paths[i]) for i in (0, 2)]
+    r1 = precompute.precompute(str(tmp_path / "px"), out, codec, text_encoder=text, process_index=1,
+                               process_count=2, batch_size=2)
+    assert [os.path.basename(p) for p in r1.written] == [os.path.basename(paths[1])] and r0.records + r1.records == 7
+    lat = records.RecordSource(out)
+    assert len(lat) == 7 and lat.kind == "latents"
+    for i, ex in enumerate(exs):
+        r = lat[i]
+        for k in records.VIDEO_FIELDS:
+            np.testing.assert_allclose(r[k], codec.encode(records.uint8_to_pixels(ex[k])[None])[0], atol=1e-6)
+        np.testing.assert_array_equal(r["text"], text(ex["caption"])[0])
+        assert r["motion_valid"].tolist() == [1, 0, 1] and r["identity_id"] == i
+    # Re-running finds everything complete; a lost shard (and a stale temporary) is redone alone.
+    again = precompute.precompute(str(tmp_path / "px"), out, codec, text_encoder=text)
+    assert not again.written and len(again.existing) == 3
+    lost = os.path.join(out, os.path.basename(paths[1]))
+    before = open(lost, "rb").read()
+    os.remove(lost)
+    open(lost + ".tmp-999", "wb").write(b"half")
+    redo = precompute.precompute(str(tmp_path / "px"), out, codec, text_encoder=text)
+    assert redo.written == [lost] and len(redo.existing) == 2 and not os.path.exists(lost + ".tmp-999")
+    assert open(lost, "rb").read() == before
+
+
+def test_precompute_skips_corrupt_records(tmp_path):
+    exs, paths = _pixel_shards(tmp_path, n=3, shard_size=3)
+    w = arm.ArrayRecordWriter(paths[0], "group_size:1")
+    for i, ex in enumerate(exs):
+        w.write(b"not an archive" if i == 1 else records.encode_record(ex))
+    w.close()
+    records.reset_skip_stats()
+    codec = get_codec("space_to_depth", spatial_factor=2, latent_channels=16)
+    rep = precompute.precompute(paths, str(tmp_path / "lat"), codec)
+    assert rep.records == 2 and rep.corrupt == 1 and records.skip_stats()["corrupt_records"] == 1
+    assert [records.RecordSource(str(tmp_path / "lat"))[i]["identity_id"] for i in range(2)] == [0, 2]
+
+
+def test_launchers(inputs, tmp_path, repo_root):
+    videos, poses = inputs
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo_root))
+    run = lambda *args: subprocess.run([sys.executable, *args], env=env, cwd=str(repo_root), capture_output=True,
+                                       text=True, timeout=120)
+    a = run("launch/ingest.py", f"--videos={videos}", f"--poses={poses}", f"--out={tmp_path / 'px'}", "--frames=5",
+            "--height=16", "--width=20", "--stride=4")
+    assert a.returncode == 0 and "wrote 4 clips from 2 videos" in a.stdout, a.stderr[-2000:]
+    b = run("launch/precompute.py", f"--src={tmp_path / 'px'}", f"--out={tmp_path / 'lat'}",
+            "--codec=space_to_depth", "--process_index=0", "--process_count=1")
+    assert b.returncode == 0 and "wrote 1 shards (4 records)" in b.stdout, b.stderr[-2000:]
+    assert records.RecordSource(str(tmp_path / "lat")).spec["target"][1] == (5, 8, 10, 16)
