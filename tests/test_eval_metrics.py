@@ -43,3 +43,9 @@ def test_appearance_consistency():
     recoloured = frames.copy()
     recoloured[recoloured > 0] = -0.1
     assert metrics.appearance_consistency(recoloured, frames[0]) < metrics.appearance_consistency(frames, frames[0])
+
+
+def test_keypoint_consistency_penalises_noise():
+    frames, kp = _scene()
+    noise = np.random.default_rng(3).uniform(-1, 1, frames.shape).astype(np.float32)
+    assert metrics.keypoint_consistency(noise, kp, np.ones((1, 2), bool), frames[0]) < 0.3

@@ -3,13 +3,12 @@
 * ``psnr``: on the [0, 1] range, averaged over frames.
 * ``ssim``: Wang et al. 2004 with an 7x7 uniform window (small frames), K1 = 0.01,
   K2 = 0.03, per channel, averaged over pixels, channels and frames.
-* ``keypoint_consistency``: the fraction of ground-truth keypoints that land on
-  the generated character rather than on the background. The background colour
-  of each frame is estimated from the reference image's border (characters stand
-  inside the frame); a keypoint counts as covered when the generated pixel there
-  differs from the background by more than ``threshold`` (mean abs, [-1, 1]
-  range). It measures whether the body is where the driving motion puts it,
-  independent of appearance; 1.0 is perfect.
+* ``keypoint_consistency``: is the generated body where the motion puts it, and
+  nowhere else: (fraction of ground-truth keypoints that land on generated
+  foreground) x (fraction of pixels far from every keypoint that are background).
+  Foreground is a pixel differing from the background colour, estimated from the
+  reference's border, by more than ``threshold`` (mean abs, [-1, 1] range). It
+  is independent of appearance; 1.0 is perfect, noise scores near 0.
 * ``appearance_consistency``: 1 - the L1 distance of the foreground colour
   histograms (8 bins per channel) of generated frames and the reference.
 """
@@ -51,19 +50,30 @@ def foreground(frames_thw3: np.ndarray, bg_3: np.ndarray, threshold: float = 0.1
 
 
 def keypoint_consistency(pred_thw3: np.ndarray, keypoints_tsj2: np.ndarray, mask_sj: np.ndarray,
-                         reference_hw3: np.ndarray, threshold: float = 0.15) -> float:
-    """Fraction of valid keypoints (x, y pixel coords) whose generated pixel is foreground."""
+                         reference_hw3: np.ndarray, threshold: float = 0.15, radius: float = 0.2) -> float:
+    """Body where the keypoints are, and nowhere else: hit rate x clean rate (both in [0, 1]).
+
+    hit rate: fraction of valid keypoints (x, y pixel coords) whose generated pixel is foreground.
+    clean rate: fraction of pixels farther than ``radius`` x frame height from every keypoint that are
+    background. The product penalises both a missing body and foreground everywhere (e.g. noise).
+    """
     t, h, w, _ = pred_thw3.shape
     fg = foreground(pred_thw3, background_colour(reference_hw3), threshold)
-    xs = np.clip(np.round(keypoints_tsj2[..., 0]).astype(int), 0, w - 1)
-    ys = np.clip(np.round(keypoints_tsj2[..., 1]).astype(int), 0, h - 1)
-    valid = np.broadcast_to(mask_sj.astype(bool), xs.shape)
-    inside = (keypoints_tsj2[..., 0] >= 0) & (keypoints_tsj2[..., 0] < w) & (keypoints_tsj2[..., 1] >= 0) & (
-        keypoints_tsj2[..., 1] < h)
-    valid = valid & inside
+    kx, ky = keypoints_tsj2[..., 0], keypoints_tsj2[..., 1]
+    valid = np.broadcast_to(mask_sj.astype(bool), kx.shape) & (kx >= 0) & (kx < w) & (ky >= 0) & (ky < h)
+    if not valid.any():
+        return 0.0
+    xs = np.clip(np.round(kx).astype(int), 0, w - 1)
+    ys = np.clip(np.round(ky).astype(int), 0, h - 1)
     ti = np.broadcast_to(np.arange(t)[:, None, None], xs.shape)
-    hits = fg[ti, ys, xs]
-    return float(hits[valid].mean()) if valid.any() else 0.0
+    hit = fg[ti, ys, xs][valid].mean()
+    yy, xx = np.mgrid[0:h, 0:w]
+    far = np.ones((t, h, w), bool)
+    r2 = (radius * h) ** 2
+    for ti_, s_, j_ in zip(*np.nonzero(valid)):
+        far[ti_] &= (xx - kx[ti_, s_, j_]) ** 2 + (yy - ky[ti_, s_, j_]) ** 2 > r2
+    clean = 1.0 - fg[far].mean() if far.any() else 1.0
+    return float(hit * clean)
 
 
 def _hist(pixels_n3: np.ndarray, bins: int = 8) -> np.ndarray:

@@ -1,0 +1,203 @@
+"""The curriculum driver: phases with done-markers, resumable, one workdir.
+
+``run(config, workdir)`` runs, in order, skipping phases already complete::
+
+  stage1/     pose-driven training (self-supervised: reference = first frame, motion = pose render)
+  synthesis/  the frozen stage-1 model makes pseudo cross-identity triplets -> latent records
+  stage2/     RGB-driven training on the triplets (optionally mixed with pose batches), from stage 1
+  export/     the stage-2 weights in diffusers' WanTransformer3DModel layout (safetensors)
+  eval/       untrained vs stage 1 vs stage 2 on held-out cross-identity pairs: table + video grid
+
+A phase is complete when ``<phase>/DONE.json`` exists (written last, atomically).
+Training phases resume from their own checkpoints, synthesis from its finished
+shards, so rerunning after a crash continues where it stopped. The workdir
+keeps the curriculum config; a different config is refused, naming the fields
+that differ, unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+
+from dreamactor_jax.codecs import get_codec
+from dreamactor_jax.curriculum import evaluation, synthesis
+from dreamactor_jax.curriculum.animate import Animator
+from dreamactor_jax.data import sources
+from dreamactor_jax.data.text import TextEncoder
+from dreamactor_jax.diffusion.sampler import SamplerConfig
+from dreamactor_jax.models.build import init_params, model_config
+from dreamactor_jax.train import checkpoint
+from dreamactor_jax.train import loop as train_loop
+
+PHASES = ("stage1", "synthesis", "stage2", "export", "eval")
+CONFIG_FILE = "curriculum_config.json"
+
+
+class ConfigMismatchError(ValueError):
+    pass
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, force: bool = False) -> None:
+    """Stores the config in a new workdir; refuses a workdir holding a run of a different config."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    current = json.loads(config.to_json_best_effort())
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        a, b = _flatten(stored), _flatten(current)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+        if diff and not force:
+            details = "; ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in diff[:20])
+            raise ConfigMismatchError(f"{workdir} holds a curriculum run with a different config; differing fields "
+                                      f"({len(diff)}): {details}. Use another workdir or --force.")
+        if not diff:
+            return
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(current, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+    """A complete train config (as ``launch/train.py`` takes) for ``stage1`` or ``stage2``."""
+    s = config[stage]
+    c = ml_collections.ConfigDict()
+    c.seed = config.seed
+    c.model = config.model
+    c.objective = config.objective
+    c.mesh = config.mesh
+    c.data = s.data
+    c.optim = s.optim
+    c.train = s.train
+    return ml_collections.ConfigDict(c.to_dict())
+
+
+def _done(workdir: str, phase: str) -> dict | None:
+    path = os.path.join(workdir, phase, "DONE.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
+def _mark_done(workdir: str, phase: str, summary: dict) -> None:
+    d = os.path.join(workdir, phase)
+    os.makedirs(d, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(d, "DONE.json.tmp"), "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(os.path.join(d, "DONE.json.tmp"), os.path.join(d, "DONE.json"))
+
+
+def _params(workdir: str, phase: str, weights: str = "params") -> dict:
+    """The final params (or EMA params, when the run kept an EMA) of a training phase."""
+    ckpt = os.path.join(workdir, phase, "checkpoints")
+    if weights == "ema":
+        try:
+            return checkpoint.restore_item(ckpt, "ema")
+        except FileNotFoundError:  # the run kept no EMA
+            pass
+    return checkpoint.restore_item(ckpt, "params")
+
+
+def _sampler(c: ml_collections.ConfigDict, objective) -> SamplerConfig:
+    return SamplerConfig(method=c.method, steps=c.steps, shift=c.shift, guidance=c.guidance,
+                         given_region=objective.given_region)
+
+
+def _animator(config, params, scfg, data_cfg) -> Animator:
+    mcfg = model_config(config.model)
+    codec = get_codec(data_cfg.codec.name, spatial_factor=data_cfg.codec.spatial_factor,
+                      latent_channels=data_cfg.channels)
+    text = TextEncoder(length=data_cfg.text_len, dim=mcfg.text_dim, seed=config.seed)
+    return Animator(mcfg, params, codec, scfg, text, masked_frames=data_cfg.motion_masked_frames)
+
+
+def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> dict:
+    t0 = time.perf_counter()
+    pdir = os.path.join(workdir, phase)
+    if phase in ("stage1", "stage2"):
+        sc = stage_config(config, phase)
+        if phase == "stage2":
+            sc.data.records_dir = os.path.join(workdir, "synthesis", "records")
+            sc.train.init_from = os.path.join(workdir, "stage1", "checkpoints")
+        out = train_loop.run(sc, pdir)
+        summary = {"steps": out["steps"], "final_loss": out["final_loss"], "checkpoints": out["checkpoints"]}
+    elif phase == "synthesis":
+        d = config.stage1.data
+        params = _params(workdir, "stage1", config.synthesis.weights)
+        anim = _animator(config, params, _sampler(config.synthesis.sampler, config.objective), d)
+        mcfg = model_config(config.model)
+        summary = synthesis.run_synthesis(
+            anim, anim.codec, TextEncoder(length=d.text_len, dim=mcfg.text_dim, seed=config.seed),
+            sources.procedural_config(stage_config(config, "stage1"), "train"), config.synthesis, pdir,
+            config.seed)
+        if summary["accepted"] == 0:
+            raise RuntimeError(f"synthesis accepted none of {summary['clips']} clips (threshold "
+                               f"{config.synthesis.threshold}); see {pdir}/acceptance-*.jsonl")
+    elif phase == "export":
+        from dreamactor_jax.convert import export as export_lib
+
+        out_dir = os.path.join(pdir, "diffusers")
+        export_lib.export_checkpoint(os.path.join(workdir, "stage2", "checkpoints"), out_dir,
+                                     weights=config.export.weights, dtype=config.export.dtype,
+                                     max_shard_size=config.export.max_shard_size)
+        summary = {"out": out_dir, "files": sorted(os.listdir(out_dir))}
+    elif phase == "eval":
+        e = config.eval
+        scfg = _sampler(e.sampler, config.objective)
+        d1 = config.stage1.data
+        untrained = init_params(model_config(config.model), config.seed)[1]
+        # Every model that exists: untrained always; a stage once its phase is done (``--only=eval`` after
+        # stage 1 compares untrained with stage 1).
+        animators = {"untrained": (_animator(config, untrained, scfg, d1), "pose")}
+        if _done(workdir, "stage1"):
+            animators["stage1"] = (_animator(config, _params(workdir, "stage1", e.weights), scfg, d1), "pose")
+        if _done(workdir, "stage2"):
+            animators["stage2"] = (_animator(config, _params(workdir, "stage2", e.weights), scfg,
+                                             config.stage2.data), "rgb")
+        pcfg = sources.procedural_config(stage_config(config, "stage1"), "test")
+        summary = evaluation.evaluate(animators, pcfg, e.num_pairs, e.batch_size, pdir, config.seed, e.grid_pairs)
+    else:
+        raise ValueError(f"unknown phase {phase!r}; phases are {PHASES}")
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    _mark_done(workdir, phase, summary)
+    return summary
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, only: str | None = None, force: bool = False) -> dict:
+    """Runs every phase not yet done (or just ``only``); returns {phase: summary}."""
+    if only is not None and only not in PHASES:
+        raise ValueError(f"--only={only!r}; choose one of {PHASES}")
+    check_workdir_config(config, workdir, force)
+    out = {}
+    for phase in PHASES if only is None else (only,):
+        done = _done(workdir, phase)
+        if done is not None and only is None:
+            print(f"[{phase}] already done ({done.get('seconds', '?')} s): skipping", flush=True)
+            out[phase] = dict(done, skipped=True)
+            continue
+        print(f"[{phase}] starting", flush=True)
+        out[phase] = run_phase(config, workdir, phase)
+        print(f"[{phase}] done in {out[phase]['seconds']} s: "
+              f"{ {k: v for k, v in out[phase].items() if k not in ('results', 'files')} }", flush=True)
+    if "eval" in out:
+        with open(os.path.join(workdir, "eval", "table.md")) as f:
+            print(f.read(), flush=True)
+    return out

@@ -1,0 +1,29 @@
+"""Run the two-stage curriculum (stage 1 -> synthesis -> stage 2 -> export -> eval) in one workdir.
+
+  python launch/curriculum.py --config=configs/curriculum.py:tiny --workdir=runs/curriculum [--only=PHASE] [--force]
+Rerunning continues where a previous run stopped; phases already done are skipped.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dreamactor_jax.curriculum import driver
+
+config_flags.DEFINE_config_file("config", None, "Path to a curriculum config file, optionally ':arg'.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for all phases' outputs.")
+flags.DEFINE_enum("only", None, list(driver.PHASES), "Run just this phase.")
+flags.DEFINE_bool("force", False, "Use a workdir that holds a run of a different config.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    driver.run(FLAGS.config, FLAGS.workdir, only=FLAGS.only, force=FLAGS.force)
+
+
+if __name__ == "__main__":
+    app.run(main)
