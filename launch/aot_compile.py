@@ -13,6 +13,7 @@ from dreamactor_jax.parallel import aot
 config_flags.DEFINE_config_file("config", None, "Path to a config file, optionally ':arg'.", lock_config=True)
 flags.DEFINE_string("topology", "v5p:2x2x2", "TPU topology, e.g. v5p:4x4x4, v5e:4x4, v6e:4x4.")
 flags.DEFINE_float("step_seconds", None, "A step time to convert into MFU.")
+flags.DEFINE_enum("stage", "stage1", ["stage1", "stage2"], "For a curriculum config: which stage's step.")
 flags.DEFINE_bool("count_flops", True, "Also compile 1- and 2-layer variants to count compiled FLOPs.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
@@ -22,7 +23,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep Orbax/absl INFO chatter out of the run log
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report = aot.aot_compile(FLAGS.config, FLAGS.topology, count_flops=FLAGS.count_flops)
+    config = FLAGS.config
+    if "stage1" in config:  # a curriculum config: compile one stage's train step
+        from dreamactor_jax.curriculum.driver import stage_config
+
+        config = stage_config(config, FLAGS.stage)
+    report = aot.aot_compile(config, FLAGS.topology, count_flops=FLAGS.count_flops)
     print("\n".join(report.lines(FLAGS.step_seconds)))
 
 

@@ -45,6 +45,10 @@ def chip_of(topology: str) -> str:
     return gen
 
 
+class DoesNotFitError(RuntimeError):
+    """The compiled step needs more HBM than a chip has."""
+
+
 def topology_devices(topology: str) -> list[Any]:
     """Devices of a TPU topology such as 'v5p:2x2x2' (needs the libtpu package)."""
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-16")  # silences libtpu's host probing
@@ -69,7 +73,14 @@ def compile_step(config: ml_collections.ConfigDict, devices: list[Any]):
     with jax.set_mesh(mesh), rules_lib.use_rules(plan.rules):
         jitted = jax.jit(step, in_shardings=(plan.state, plan.batch, None), out_shardings=(plan.state, None),
                          donate_argnums=0)
-        compiled = jitted.lower(state, batch, key).compile()
+        lowered = jitted.lower(state, batch, key)
+        try:
+            compiled = lowered.compile()
+        except Exception as e:  # noqa: BLE001 - XLA reports an HBM overflow as a runtime error
+            if "RESOURCE_EXHAUSTED" in str(e):
+                raise DoesNotFitError(f"the step does not fit on {devices[0].device_kind} with mesh "
+                                      f"{dict(mesh.shape)}: {str(e).splitlines()[0]}") from None
+            raise
     return compiled, mesh
 
 

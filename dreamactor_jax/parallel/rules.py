@@ -50,7 +50,9 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     # The stacked-block axis stays whole: scan slices one layer per step, and a
     # layer axis sharded across devices would serialise the scan on one device.
     ("layers", None),
-    ("embed", "fsdp"),  # FSDP (ZeRO-3) shards the model width of every matrix
+    # FSDP (ZeRO-3) shards the model width of every matrix, over the sequence axis too when there is one:
+    # sequence groups hold the same parameters, so they can share the sharding (as MaxText does).
+    ("embed", ("fsdp", "sequence")),
     ("heads", "tensor"),  # Megatron tensor parallelism: q/k/v columns, out rows
     ("heads", "fsdp"),  # ... else per-head vectors (biases, qk norms) go over fsdp
     ("mlp", "tensor"),

@@ -1,0 +1,100 @@
+"""Curriculum configs as a function of scale, so ``configs/*.py`` stay one-liners over one definition.
+
+``curriculum_config(scale, variant, cluster, resolution)``:
+  scale       "tiny" (CPU, procedural data, minutes) | "wan14b" (Wan2.1-I2V-14B init, 81 frames)
+  variant     "full" fine-tune | "lora" (paper: rank 256 on FFN layers, backbone frozen)
+  cluster     "v5p" (fsdp over the slice, sequence parallel for 720p) | "h100" (fsdp within a node)
+  resolution  "480p" (latent 21 x 60 x 104 per half) | "720p" (21 x 90 x 160 per half)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from dreamactor_jax import config_lib
+from dreamactor_jax.data import sources
+
+SCALES = ("tiny", "wan14b")
+VARIANTS = ("full", "lora")
+CLUSTERS = ("v5p", "h100")
+RESOLUTIONS = {"480p": (60, 104), "720p": (90, 160)}
+
+
+def parse_arg(arg: str | None, who: str) -> dict:
+    """'lora,h100,720p' -> {variant: lora, cluster: h100, resolution: 720p}; unknown words are errors."""
+    out = {}
+    for word in filter(None, (arg or "").split(",")):
+        key = ("variant" if word in VARIANTS else "cluster" if word in CLUSTERS
+               else "resolution" if word in RESOLUTIONS else None)
+        if key is None:
+            raise ValueError(f"{who}: unknown argument {word!r}; choose from {VARIANTS}, {CLUSTERS}, "
+                             f"{tuple(RESOLUTIONS)}")
+        out[key] = word
+    return out
+
+
+def _train(tiny: bool, steps: int) -> ml_collections.ConfigDict:
+    return config_lib.train_section(steps=steps, log_every=25 if tiny else 100,
+                                    checkpoint_every=100 if tiny else 1000, keep_period=0 if tiny else 10_000)
+
+
+def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str = "v5p",
+                      resolution: str = "480p") -> ml_collections.ConfigDict:
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r}; choose one of {SCALES}")
+    tiny = scale == "tiny"
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    model = {"remat": "none" if tiny else "full", "attention": "xla" if tiny else "blocked"}
+    if variant == "lora":
+        model.update(lora_rank=256 if not tiny else 8)
+    c.model = config_lib.model_section("tiny" if tiny else "wan2.1-i2v-14b", **model)
+    c.objective = config_lib.objective_section(sigma_sampler="uniform" if tiny else "logit_normal",
+                                               shift=1.0 if tiny else 3.0, text_dropout=0.1)
+    if tiny:
+        c.mesh = config_lib.mesh_section(data=1)
+        h, w = 16, 16
+    else:
+        h, w = RESOLUTIONS[resolution]
+        # v5p: shard everything over the slice; 720p doubles tokens, so split them over 'sequence' too.
+        # H100 nodes: fsdp inside a node (NVLink), data across nodes.
+        c.mesh = (config_lib.mesh_section(data=1, fsdp=-1, sequence=1 if resolution == "480p" else 4)
+                  if cluster == "v5p" else config_lib.mesh_section(data=-1, fsdp=8))
+    data = dict(frames=5 if tiny else 21, height=h, width=w, text_len=8 if tiny else 512,
+                motion_masked_frames=1 if tiny else 4, batch_size=4 if tiny else 8,
+                source="procedural" if tiny else "records")
+    lr = 5e-5 if not tiny else 2e-3
+    c.stage1 = ml_collections.ConfigDict()
+    c.stage1.data = sources.data_section(stage=1, **data)
+    c.stage1.data.records_dir = "" if tiny else "gs://BUCKET/latents/stage1"  # precomputed latent records
+    c.stage1.optim = config_lib.optim_section(lr=lr, warmup_steps=20 if tiny else 500,
+                                              schedule="cosine" if tiny else "constant", final_lr_fraction=0.1)
+    c.stage1.train = _train(tiny, 500 if tiny else 50_000)
+
+    c.synthesis = ml_collections.ConfigDict()
+    c.synthesis.num_clips = 96 if tiny else 60_000  # driving clips to animate with new identities
+    c.synthesis.batch_size = 16 if tiny else 8
+    c.synthesis.shard_size = 32 if tiny else 1000  # clips per record shard (the unit of resumption)
+    c.synthesis.threshold = 0.4  # acceptance: mean of pose and appearance consistency (see synthesis.py)
+    c.synthesis.index_offset = 5_000_000  # driving clips are train-split clips beyond stage 1's first epoch
+    c.synthesis.weights = "params"  # "params" | "ema"
+    c.synthesis.sampler = ml_collections.ConfigDict(dict(method="unipc", steps=12 if tiny else 40, shift=3.0,
+                                                         guidance=1.0 if tiny else 5.0))
+
+    c.stage2 = ml_collections.ConfigDict()
+    c.stage2.data = sources.data_section(stage=2, **dict(data, source="records"))
+    c.stage2.data.pose_mix = 0.25  # fraction of stage-2 batches that are stage-1 pose batches
+    c.stage2.optim = config_lib.optim_section(lr=lr / 2 if tiny else lr, warmup_steps=10 if tiny else 500,
+                                              schedule="cosine" if tiny else "constant", final_lr_fraction=0.1)
+    c.stage2.train = _train(tiny, 300 if tiny else 50_000)
+
+    c.export = ml_collections.ConfigDict(dict(dtype="fp32" if tiny else "bf16", max_shard_size="5GB",
+                                              weights="params"))
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_pairs = 32 if tiny else 200
+    c.eval.batch_size = 16 if tiny else 4
+    c.eval.grid_pairs = 4
+    c.eval.weights = "params"
+    c.eval.sampler = ml_collections.ConfigDict(dict(method="unipc", steps=12 if tiny else 40, shift=3.0,
+                                                    guidance=1.0 if tiny else 5.0))
+    return c
