@@ -80,19 +80,28 @@ def _all_configs(repo_root):
     return out
 
 
-@pytest.mark.parametrize("name,arg", [("stage1_pose", ""), ("stage1_pose", "tiny")])
+CONFIG_CASES = [("stage1_pose", ""), ("stage1_pose", "tiny"), ("curriculum", ""), ("curriculum", "tiny"),
+                ("curriculum_wan14b", ""), ("curriculum_wan14b", "lora,h100,480p"),
+                ("curriculum_wan14b", "full,v5p,720p")]
+
+
+@pytest.mark.parametrize("name,arg", CONFIG_CASES)
 def test_config_builds_abstractly(repo_root, name, arg):
+    from dreamactor_jax.curriculum.driver import stage_config
+
     config = _load_config(repo_root, name, arg)
-    new_state, metrics = abstract.eval_shape_step(config)
-    assert metrics["loss"].shape == () and new_state.step.shape == ()
-    _, _, state, _, _ = abstract.abstract_run(config)
-    assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
+    # A curriculum config holds one train config per stage; each must build.
+    train_configs = [stage_config(config, s) for s in ("stage1", "stage2")] if "stage1" in config else [config]
+    for tc in train_configs:
+        new_state, metrics = abstract.eval_shape_step(tc)
+        assert metrics["loss"].shape == () and new_state.step.shape == ()
+        _, _, state, _, _ = abstract.abstract_run(tc)
+        assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
 
 
 def test_every_config_is_covered(repo_root):
     """Each file in configs/ (and its :tiny variant where it has one) is in the abstract-build test above."""
-    covered = {("stage1_pose", ""), ("stage1_pose", "tiny")}
-    assert set(_all_configs(repo_root)) <= covered, "add new configs to test_config_builds_abstractly"
+    assert set(_all_configs(repo_root)) <= set(CONFIG_CASES), "add new configs to CONFIG_CASES"
 
 
 def test_misspelled_config_field_is_named(repo_root):
