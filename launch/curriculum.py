@@ -8,17 +8,20 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dreamactor_jax.curriculum import driver
+from dreamactor_jax.parallel import distributed
 
 config_flags.DEFINE_config_file("config", None, "Path to a curriculum config file, optionally ':arg'.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for all phases' outputs.")
 flags.DEFINE_enum("only", None, list(driver.PHASES), "Run just this phase.")
 flags.DEFINE_bool("force", False, "Use a workdir that holds a run of a different config.")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
+    distributed.initialize_from_flags()  # before anything touches a JAX backend
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)

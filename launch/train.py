@@ -1,20 +1,25 @@
 """Train from a config file.
 
   python launch/train.py --config=configs/stage1_pose.py:tiny --workdir=/tmp/stage1_tiny
+Multi-host: the same command on every host, plus --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I (or the DREAMACTOR_* environment; SLURM and TPU slices are detected): parallel/distributed.py.
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dreamactor_jax.parallel import distributed
 from dreamactor_jax.train import loop
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file, optionally ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the run's config, logs and checkpoints.")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
+    distributed.initialize_from_flags()  # before anything touches a JAX backend
     logging.set_verbosity(logging.WARNING)  # keep Orbax/absl INFO chatter out of the run log
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

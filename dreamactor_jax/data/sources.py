@@ -68,22 +68,27 @@ class EncodeExample(grain.transforms.Map):
 
 
 def procedural_dataset(config: ml_collections.ConfigDict, text_dim: int, *, split: str | None = None,
-                       stage: int | None = None) -> grain.MapDataset:
-    """Shuffled, encoded, per-process-batched grain MapDataset over the procedural generator."""
+                       stage: int | None = None, process_index: int | None = None,
+                       process_count: int | None = None) -> grain.MapDataset:
+    """Shuffled, encoded grain MapDataset over the procedural generator; item ``i`` is this process's slice of
+    global batch ``i`` (process index/count default to JAX's)."""
     d = config.data
     split = split or d.split
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    lo, hi = synthetic.process_slice(d.batch_size, pi, pc)
     n = d.procedural.num_examples
+    if n < d.batch_size:
+        raise ValueError(f"config.data.procedural.num_examples={n} is less than one global batch ({d.batch_size})")
     ds = grain.MapDataset.source(proc.ProceduralSource(split, procedural_config(config, split), length=n))
     if split == "train":
         ds = ds.shuffle(seed=config.seed)
     ds = ds.map(EncodeExample(codec_from(config), TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed),
                               stage or d.stage, d.motion_masked_frames))
-    per_process = d.batch_size // jax.process_count()
-    # Each process takes its own contiguous slice of every global batch.
-    ds = ds.batch(d.batch_size, drop_remainder=True)
-    if jax.process_count() > 1:
-        lo = jax.process_index() * per_process
-        ds = ds.map(lambda b: {k: v[lo : lo + per_process] for k, v in b.items()})
+    # Global batch i is examples [i*B, (i+1)*B); this process's slice of it is per-process batch i*pc + pi.
+    # Batching per process, then striding, encodes only this process's examples (MapDatasets are lazy);
+    # the cut to whole global batches keeps every process's epoch the same length.
+    ds = ds.batch(hi - lo, drop_remainder=True)[: (n // d.batch_size) * pc][pi::pc]
     return ds.repeat(None) if split == "train" else ds
 
 
@@ -93,7 +98,8 @@ def make_source(config: ml_collections.ConfigDict, text_dim: int) -> Callable[[i
     if d.source == "synthetic":
         return functools.partial(synthetic.synthetic_batch, config.seed, batch=d.batch_size, frames=d.frames,
                                  height=d.height, width=d.width, channels=d.channels, text_len=d.text_len,
-                                 text_dim=text_dim, masked_frames=d.motion_masked_frames)
+                                 text_dim=text_dim, masked_frames=d.motion_masked_frames,
+                                 process_index=jax.process_index(), process_count=jax.process_count())
     if d.source == "procedural":
         ds = procedural_dataset(config, text_dim)
         return lambda step: ds[step]
