@@ -38,9 +38,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim = config_lib.optim_section(lr=1e-3 if tiny else 5e-5, warmup_steps=0 if tiny else 500,
                                        grad_clip_norm=1.0)
     c.mesh = config_lib.mesh_section(data=1 if tiny else -1)
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 60 if tiny else 50_000  # optimizer updates (paper: 50k per stage)
-    c.train.log_every = 10  # steps between metric lines
-    c.train.checkpoint_every = 50 if tiny else 1000  # steps between checkpoints (and at the end)
-    c.train.keep_checkpoints = 3  # newest checkpoints kept
+    # Field meanings: config_lib.train_section. Resume priority (loop.run): a checkpoint in the workdir >
+    # resume_from (another run's full state) > init_from (params only, e.g. stage 2 from stage 1) > scratch.
+    c.train = config_lib.train_section(
+        steps=60 if tiny else 50_000,  # optimizer updates (paper: 50k per stage)
+        log_every=10,
+        checkpoint_every=50 if tiny else 1000,  # and at the end, and on preemption (SIGTERM)
+        keep_checkpoints=3,
+        keep_period=0 if tiny else 10_000,  # long runs also keep every 10k-step checkpoint
+        resume_from="",
+        init_from="",
+        skip_nonfinite_steps=False,
+    )
     return c

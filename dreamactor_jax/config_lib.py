@@ -59,6 +59,22 @@ def optim_section(**overrides) -> ml_collections.ConfigDict:
     return o
 
 
+def train_section(**overrides) -> ml_collections.ConfigDict:
+    """``config.train``: length, logging, checkpointing, where the run starts, and non-finite handling."""
+    t = ml_collections.ConfigDict()
+    t.steps = 1000  # optimizer updates (counting skipped ones: the step is the data position)
+    t.log_every = 10  # steps between metric lines (every step is still checked for non-finite values)
+    t.checkpoint_every = 100  # steps between checkpoints (also at the end and on preemption)
+    t.keep_checkpoints = 3  # newest checkpoints kept; 0 keeps all
+    t.keep_period = 0  # also keep every checkpoint whose step is a multiple of this (0: off)
+    # Where the run starts when workdir/checkpoints holds no checkpoint (a checkpoint there always wins):
+    t.resume_from = ""  # another run's checkpoint dir (or workdir): full state (params, opt, EMA, step)
+    t.init_from = ""  # checkpoint dir with at least `params` (an import, an earlier stage): params only, step 0
+    t.skip_nonfinite_steps = False  # False: a non-finite loss/grad norm stops the run; True: drop that update
+    t.update(overrides)
+    return t
+
+
 def mesh_section(**sizes) -> ml_collections.ConfigDict:
     """``config.mesh``: axis sizes; one may be -1 (all remaining devices)."""
     m = ml_collections.ConfigDict()
@@ -116,5 +132,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          f"config.data.batch_size={d.batch_size}")
     if not 0.0 <= o.ema_decay < 1.0:
         raise ValueError(f"config.optim.ema_decay must be in [0, 1), got {o.ema_decay}")
-    if config.train.steps < 1:
-        raise ValueError(f"config.train.steps must be positive, got {config.train.steps}")
+    validate_train(config.train)
+
+
+def validate_train(t: ml_collections.ConfigDict) -> None:
+    """Checks ``config.train``; fields added after a config was written fall back to their defaults."""
+    for f in ("steps", "log_every", "checkpoint_every"):
+        if int(t[f]) < 1:
+            raise ValueError(f"config.train.{f} must be positive, got {t[f]}")
+    for f in ("keep_checkpoints", "keep_period"):
+        if int(t.get(f, 0)) < 0:
+            raise ValueError(f"config.train.{f} must be >= 0 (0: keep all / off), got {t[f]}")
+    for f in ("resume_from", "init_from"):
+        if not isinstance(t.get(f, ""), str):
+            raise ValueError(f"config.train.{f} must be a path string ('' for none), got {t[f]!r}")
+    if not isinstance(t.get("skip_nonfinite_steps", False), bool):
+        raise ValueError(f"config.train.skip_nonfinite_steps must be a bool, got {t.skip_nonfinite_steps!r}")
