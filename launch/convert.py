@@ -2,7 +2,7 @@
 
   python launch/convert.py import --src=DIR --out=CKPT_DIR [--num_attention_heads=N] [--override=key=value]
   python launch/convert.py export --checkpoint=CKPT_DIR --out=DIR [--dtype=bf16|fp32] [--max_shard_size=5GB]
-                                  [--weights=auto|ema|params] [--step=N]
+                                  [--weights=auto|ema|params] [--step=N] [--lora=merge|separate]
   python launch/convert.py parity --src=DIR [--tol=1e-4] [--seed=0]
 
 import reads either layout (diffusers ``WanTransformer3DModel`` or the original Wan2.1 release) and
@@ -23,6 +23,8 @@ flags.DEFINE_enum("dtype", "bf16", ["bf16", "fp32"], "export: dtype of the writt
 flags.DEFINE_string("max_shard_size", "5GB", "export: max bytes per safetensors shard ('5GB', '200MB', bytes).")
 flags.DEFINE_enum("weights", "auto", ["auto", "ema", "params"], "export: checkpoint item (auto: ema if present).")
 flags.DEFINE_integer("step", None, "export: checkpoint step (default: latest).")
+flags.DEFINE_enum("lora", "merge", ["merge", "separate"], "export of a LoRA checkpoint: merge the adapters into the "
+                  "base weights, or write them separately (lora.safetensors + adapter_config.json).")
 flags.DEFINE_integer("num_attention_heads", None, "import/parity: heads, when neither config.json nor Wan's "
                      "head dim 128 determines them.")
 flags.DEFINE_multi_string("override", [], "import/parity: WanConfig field override as key=json_value.")
@@ -67,7 +69,7 @@ def main(argv):
 
         _require("checkpoint", "out")
         result = export.export_checkpoint(FLAGS.checkpoint, FLAGS.out, weights=FLAGS.weights, dtype=FLAGS.dtype,
-                                          max_shard_size=FLAGS.max_shard_size, step=FLAGS.step)
+                                          max_shard_size=FLAGS.max_shard_size, step=FLAGS.step, lora=FLAGS.lora)
     else:
         from dreamactor_jax.convert import parity
 

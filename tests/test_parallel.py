@@ -67,7 +67,7 @@ def test_logical_to_spec_degrades():
                                                                                           None, None)
     assert spec(("act_batch",), mesh=mesh, shape=(2,)) == P("data")  # largest dividing prefix of (data, fsdp)
     assert spec(("act_batch",), mesh=mesh, shape=(3,)) == P(None)
-    assert spec(("embed", "mlp")) == P("fsdp", "tensor")  # no mesh: names only
+    assert spec(("embed", "mlp")) == P(("fsdp", "sequence"), "tensor")  # no mesh: names only, nothing dropped
     fsdp_only = make_mesh(dict(fsdp=8))
     # tensor has size 1: per-head vectors fall through to the next candidate, fsdp
     assert spec(("layers", "heads"), mesh=fsdp_only, shape=(2, 64)) == P(None, "fsdp")

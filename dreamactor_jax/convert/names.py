@@ -5,6 +5,11 @@ covers exactly the parameters a given config has. Each entry names our path,
 the diffusers key, the layer index (blocks are stacked on a leading axis on our
 side) and the per-tensor hook that changes layout. The same entries are used
 for import and export.
+
+LoRA adapters (:class:`~dreamactor_jax.models.layers.LoRAParam`, not ``nnx.Param``)
+are not part of the diffusers model and so not of :func:`name_table`; a LoRA
+model's base weights convert exactly like a plain model's. :func:`lora_table`
+names the adapters PEFT-style for a separate LoRA file.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ import numpy as np
 from flax import nnx
 
 from dreamactor_jax.models.config import WanConfig
+from dreamactor_jax.models.layers import LoRAParam
 from dreamactor_jax.models.transformer import WanTransformer3DModel
 
 # Our module names that differ from diffusers' (a ModuleList index became an attribute).
 _SEGMENT_TO_DIFFUSERS = {"net_0": "net.0", "net_2": "net.2", "to_out": "to_out.0"}
+# Our LoRA leaves -> PEFT's names (both stored like a Linear weight: transposed).
+_LORA_TO_PEFT = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight"}
 
 Path = tuple[str, ...]
 
@@ -58,9 +66,15 @@ class Entry:
 
 
 def abstract_params(cfg: WanConfig) -> nnx.State:
-    """Shapes/dtypes of the model's parameters, allocating nothing."""
+    """Shapes/dtypes of the model's base parameters (``nnx.Param``; no LoRA adapters), allocating nothing."""
     model = nnx.eval_shape(lambda: WanTransformer3DModel(cfg, rngs=nnx.Rngs(0)))
     return nnx.state(model, nnx.Param)
+
+
+def abstract_lora_params(cfg: WanConfig) -> nnx.State:
+    """Shapes/dtypes of the model's LoRA adapters (empty without LoRA), allocating nothing."""
+    model = nnx.eval_shape(lambda: WanTransformer3DModel(cfg, rngs=nnx.Rngs(0)))
+    return nnx.state(model, LoRAParam)
 
 
 def _flat(state: nnx.State) -> dict[Path, jax.ShapeDtypeStruct | jax.Array]:
@@ -70,25 +84,50 @@ def _flat(state: nnx.State) -> dict[Path, jax.ShapeDtypeStruct | jax.Array]:
     return out
 
 
+def _expand(cfg: WanConfig, path: Path, theirs_leaf: str, hook: str, shape: tuple[int, ...]) -> list[Entry]:
+    """Entries of one of our arrays: one per layer for the stacked blocks, else one."""
+    mods = path[:-1]
+    theirs_mods = [_SEGMENT_TO_DIFFUSERS.get(m, m) for m in mods]
+    if mods and mods[0] == "blocks":
+        return [Entry(path, ".".join(["blocks", str(i), *theirs_mods[1:], theirs_leaf]), i, hook, shape[1:])
+                for i in range(cfg.num_layers)]
+    return [Entry(path, ".".join([*theirs_mods, theirs_leaf]), None, hook, shape)]
+
+
 def name_table(cfg: WanConfig) -> list[Entry]:
-    """All (ours, diffusers) pairs for ``cfg``, in diffusers' module order."""
+    """All (ours, diffusers) pairs for ``cfg``'s base parameters, in diffusers' module order."""
     entries = []
     for path, leaf in _flat(abstract_params(cfg)).items():
         *mods, leafname = path
-        theirs_mods = [_SEGMENT_TO_DIFFUSERS.get(m, m) for m in mods]
         if leafname == "kernel":
             hook = "conv" if mods == ["patch_embedding"] else "linear"
             theirs_leaf = "weight"
         else:
             hook, theirs_leaf = "copy", leafname
-        shape = tuple(leaf.shape)
-        if mods and mods[0] == "blocks":
-            for i in range(cfg.num_layers):
-                name = ".".join(["blocks", str(i), *theirs_mods[1:], theirs_leaf])
-                entries.append(Entry(path, name, i, hook, shape[1:]))
-        else:
-            entries.append(Entry(path, ".".join([*theirs_mods, theirs_leaf]), None, hook, shape))
+        entries += _expand(cfg, path, theirs_leaf, hook, tuple(leaf.shape))
     return entries
+
+
+def lora_table(cfg: WanConfig) -> list[Entry]:
+    """(ours, PEFT-style) pairs of the LoRA adapters: ``blocks.N.ffn.net.0.proj.lora_A.weight`` (r, in) and
+    ``...lora_B.weight`` (out, r), the layout of ``torch.nn.Linear(in, r)`` / ``Linear(r, out)``."""
+    entries = []
+    for path, leaf in _flat(abstract_lora_params(cfg)).items():
+        entries += _expand(cfg, path, _LORA_TO_PEFT[path[-1]], "linear", tuple(leaf.shape))
+    return entries
+
+
+def lora_target_modules(cfg: WanConfig) -> list[str]:
+    """diffusers module names that carry adapters, per block without the ``blocks.N.`` prefix (PEFT's
+    ``target_modules``, matched as a suffix of the module name), e.g. ``["ffn.net.0.proj", "ffn.net.2"]``."""
+    out = []
+    for e in lora_table(cfg):
+        mod = e.theirs.rsplit(".", 2)[0]  # drop lora_A.weight
+        if e.layer is not None:
+            mod = mod.split(".", 2)[2]  # drop blocks.N
+        if mod not in out:
+            out.append(mod)
+    return out
 
 
 def export_tensors(cfg: WanConfig, params: nnx.State | Mapping[Path, jax.Array],

@@ -9,6 +9,7 @@ same frozen dataclass: the model never sees a config tree, only this.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 # Fields that are part of diffusers' config.json (the architecture).
@@ -64,6 +65,12 @@ class WanConfig:
     attention: str = "xla"  # one of ATTENTION_IMPLS
     attention_block_q: int = 128  # query block for attention="blocked"
     sequence_parallel: str = "ulysses"  # strategy when the mesh's sequence axis > 1: "ulysses" | "ring"
+    # --- LoRA (adapters on Linear layers; the base weights are then frozen in training) ---
+    lora_rank: int = 0  # 0: no adapters, full fine-tuning
+    lora_alpha: float = 0.0  # LoRA update scale is alpha / rank; 0 means alpha = rank (scale 1)
+    # re.search over module paths such as 'blocks.ffn.net_0.proj', 'blocks.attn1.to_q',
+    # 'condition_embedder.time_proj'; the default is the paper's FFN-only LoRA
+    lora_targets: str = r"ffn\.net_(0\.proj|2)"
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -72,6 +79,13 @@ class WanConfig:
     @property
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def lora_scale(self) -> float:
+        """The factor ``alpha / rank`` of the LoRA update (0 without LoRA)."""
+        if not self.lora_rank:
+            return 0.0
+        return (self.lora_alpha or self.lora_rank) / self.lora_rank
 
     @property
     def rope_dims(self) -> tuple[int, int, int]:
@@ -114,6 +128,16 @@ class WanConfig:
             bad("sequence_parallel", f"must be 'ulysses' or 'ring', got {self.sequence_parallel!r}")
         if self.attention_block_q < 1:
             bad("attention_block_q", f"must be positive, got {self.attention_block_q}")
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
+            bad("lora_rank", f"must be an int >= 0 (0: no LoRA), got {self.lora_rank!r}")
+        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha < 0:
+            bad("lora_alpha", f"must be a number >= 0 (0: alpha = rank), got {self.lora_alpha!r}")
+        if not isinstance(self.lora_targets, str) or not self.lora_targets:
+            bad("lora_targets", f"must be a non-empty regular expression string, got {self.lora_targets!r}")
+        try:
+            re.compile(self.lora_targets)
+        except re.error as e:
+            bad("lora_targets", f"is not a valid regular expression ({e}): {self.lora_targets!r}")
 
     def replace(self, **overrides: Any) -> WanConfig:
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})

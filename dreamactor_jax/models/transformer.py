@@ -21,6 +21,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from dreamactor_jax.models import attention as attn_lib
+from dreamactor_jax.models import lora as lora_lib
 from dreamactor_jax.models.config import WanConfig
 from dreamactor_jax.models.layers import FeedForward, LayerNorm, Linear, RMSNorm, param, xavier_uniform, zeros
 from dreamactor_jax.parallel import sequence as seq_lib
@@ -186,6 +187,7 @@ class TransformerBlock(nnx.Module):
         self.scale_shift_table = param(
             rngs, lambda k, s, dt: jax.random.normal(k, s, dt) / math.sqrt(d), (1, 6, d), pdt,
             (None, None, "embed"))
+        lora_lib.attach(self, cfg, rngs, prefix="blocks")  # inside the layer vmap: adapters get stacked too
 
     def __call__(self, x, ctx, ctx_mask, tproj, rope, img=None):
         shift, scale, gate, c_shift, c_scale, c_gate = _modulation(self.scale_shift_table, tproj, 6)
@@ -231,6 +233,13 @@ class WanTransformer3DModel(nnx.Module):
                                param_dtype=pdt, rngs=rngs, kernel_init=zeros)
         self.scale_shift_table = param(
             rngs, lambda k, s, dt: jax.random.normal(k, s, dt) / math.sqrt(d), (1, 2, d), pdt, (None, None, "embed"))
+        # Adapters last, so the base parameters are drawn identically with and without LoRA.
+        lora_lib.attach(self, cfg, rngs, skip=("blocks",))
+        if cfg.lora_rank and not nnx.state(self, lora_lib.LoRAParam):
+            paths = lora_lib.linear_paths(self.blocks, "blocks") + [
+                p for p in lora_lib.linear_paths(self) if not p.startswith("blocks.")]
+            raise ValueError(f"WanConfig.lora_targets={cfg.lora_targets!r} matches no Linear layer (re.search over "
+                             f"module paths); the paths are: {', '.join(paths)}")
 
     # -- input checks -------------------------------------------------------------------------
     def _check(self, x, t, text, text_mask, image):

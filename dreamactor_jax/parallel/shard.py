@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 from dreamactor_jax.models.build import abstract_model
 from dreamactor_jax.models.config import WanConfig
 from dreamactor_jax.parallel import rules as rules_lib
+from dreamactor_jax.train import state as state_lib
 
 
 @dataclasses.dataclass
@@ -48,5 +49,6 @@ def plan(mcfg: WanConfig, mesh: jax.sharding.Mesh, state: Any, batch: Any, rules
     """Shardings for the params, the whole train state (moments and EMA shard like params) and the batch."""
     rules = tuple(rules or rules_lib.DEFAULT_RULES)
     p = rules_lib.param_shardings(abstract_model(mcfg), mesh, rules)
-    s = rules_lib.tree_shardings(state, state.params, p, mesh)
+    # Moments and EMA shard like what they track (with LoRA: like each adapter's base kernel).
+    s = state_lib.shardings(state, p, mesh)
     return ShardingPlan(mesh=mesh, params=p, state=s, batch=batch_sharding(mesh, batch), rules=rules)

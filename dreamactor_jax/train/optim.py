@@ -26,7 +26,11 @@ def learning_rate_schedule(lr: float, warmup_steps: int, total_steps: int, sched
 
 
 def decay_mask(params: dict) -> Any:
-    """True for leaves that get weight decay (matrices), False for biases/norms/tables."""
+    """True for leaves that get weight decay (matrices), False for biases/norms/tables.
+
+    By leaf name, so it applies to whatever the optimizer is built over: the whole params,
+    or with LoRA only the adapters (``lora_a``/``lora_b`` are matrices: decayed).
+    """
     def mask(path, _):
         leaf = str(getattr(path[-1], "key", path[-1]))
         return leaf not in _NO_DECAY_LEAVES
@@ -34,7 +38,11 @@ def decay_mask(params: dict) -> Any:
 
 
 def make_optimizer(optim: Mapping[str, Any], total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW from the config's ``optim`` section; returns (transformation, schedule)."""
+    """AdamW from the config's ``optim`` section; returns (transformation, schedule).
+
+    The transformation is applied to the trainable part of the params only
+    (``state.trainable``: everything, or the LoRA adapters), so with LoRA its state is adapter-sized.
+    """
     sched = learning_rate_schedule(optim["lr"], optim["warmup_steps"], total_steps, optim["schedule"],
                                    optim.get("final_lr_fraction", 0.0))
     parts = []

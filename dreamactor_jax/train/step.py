@@ -1,4 +1,11 @@
-"""The pure train step: microbatched gradients, AdamW, EMA."""
+"""The pure train step: microbatched gradients, AdamW, EMA.
+
+With LoRA (``lora_a``/``lora_b`` leaves in the params, i.e. ``WanConfig.lora_rank > 0``)
+only the adapters train: :func:`dreamactor_jax.models.lora.split_trainable` splits the
+params by path, gradients are taken w.r.t. the trainable part only, the optimizer
+state and the EMA cover only it, and the frozen base passes through the step
+untouched. Without LoRA the trainable part is the whole params tree, as before.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import optax
 from flax import nnx
 
 from dreamactor_jax.diffusion import objective as obj
+from dreamactor_jax.models import lora
 from dreamactor_jax.train.state import TrainState
 
 
@@ -25,22 +33,28 @@ def loss_and_grads(params: dict, batch: dict, rng: jax.Array, *, graphdef: nnx.G
 
     Randomness is drawn for the whole batch and the loss is normalised by the whole
     batch's weight sum, so k microbatches give the same loss and gradient as one batch.
+
+    Returns:
+      ``(loss, grads)``; ``grads`` has the structure of the trainable part of ``params``
+      (all of it, or only the LoRA leaves when there are any: see :func:`lora.split_trainable`).
     """
     draws = obj.draw(rng, batch, objective)
     norm = obj.loss_weight_total(batch)
+    trainable, frozen = lora.split_trainable(params)
 
     def micro_loss(p, mb, md):
-        return obj.loss_sum(nnx.merge(graphdef, p), mb, md, objective, norm)
+        # The frozen base is closed over, not differentiated: no weight gradients are formed for it.
+        return obj.loss_sum(nnx.merge(graphdef, lora.combine(p, frozen)), mb, md, objective, norm)
 
     if microbatches == 1:
-        return jax.value_and_grad(micro_loss)(params, batch, draws)
+        return jax.value_and_grad(micro_loss)(trainable, batch, draws)
 
     def body(carry, xs):
         loss, grads = carry
-        micro, g = jax.value_and_grad(micro_loss)(params, *xs)
+        micro, g = jax.value_and_grad(micro_loss)(trainable, *xs)
         return (loss + micro, jax.tree.map(jnp.add, grads, g)), None
 
-    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, trainable))
     (loss, grads), _ = jax.lax.scan(body, zero, (_split_micro(batch, microbatches),
                                                  _split_micro(draws, microbatches)))
     return loss, grads
@@ -49,14 +63,20 @@ def loss_and_grads(params: dict, batch: dict, rng: jax.Array, *, graphdef: nnx.G
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, objective: obj.ObjectiveConfig, microbatches: int = 1,
                ema_decay: float = 0.0) -> tuple[TrainState, dict]:
-    """One optimizer update: forward, backward (microbatched), AdamW, EMA. Pure; jit with ``donate_argnums=0``."""
+    """One optimizer update: forward, backward (microbatched), AdamW, EMA. Pure; jit with ``donate_argnums=0``.
+
+    Only the trainable part of the params is updated (and averaged into the EMA); with LoRA the
+    base params come out of the step bit-for-bit as they went in.
+    """
     loss, grads = loss_and_grads(state.params, batch, rng, graphdef=graphdef, objective=objective,
                                  microbatches=microbatches)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    trainable, frozen = lora.split_trainable(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    params = lora.combine(trainable, frozen)
     ema = state.ema
     if ema is not None:
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, trainable)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
     return new, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
