@@ -172,8 +172,11 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, s
     ema = None
     if abstract_state.ema is not None:
         # A copy, not the params' buffers: the step donates the state, and one buffer cannot be donated twice.
+        # The EMA tracks the trainable params (all of them, or the LoRA adapters only).
+        from dreamactor_jax.models import lora
+
         ema = got["ema"] if want_ema else jax.jit(lambda p: jax.tree.map(jax.numpy.copy, p),
-                                                  out_shardings=shardings.ema)(got["params"])
+                                                  out_shardings=shardings.ema)(lora.split_trainable(got["params"])[0])
     step_arr = jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), shardings.step)
     return abstract_state.replace(step=step_arr, params=got["params"], opt_state=got["opt_state"], ema=ema)
 
@@ -200,10 +203,11 @@ def finalized_steps(directory: str) -> list[int]:
         mngr.close()
 
 
-def check_architecture(meta: Mapping[str, Any], cfg: WanConfig, where: str) -> None:
+def check_architecture(meta: Mapping[str, Any], cfg: WanConfig, where: str, *, lora: bool = True) -> None:
     """Raises ValueError naming every architecture field where the checkpoint differs from ``cfg``.
 
-    Only the architecture (``ARCH_FIELDS``) must agree; runtime fields (dtype, remat, scan) may differ.
+    Only the architecture (``ARCH_FIELDS``) must agree, plus, with ``lora`` (resuming a run, not
+    initialising from one), the LoRA layout; runtime fields (dtype, remat, scan) may differ.
     """
     if "model" not in meta:
         raise IncompatibleCheckpointError(f"{where}: the checkpoint's meta has no 'model' entry to check the "
@@ -217,6 +221,13 @@ def check_architecture(meta: Mapping[str, Any], cfg: WanConfig, where: str) -> N
             a = list(a)
         if a != b:
             diff.append(f"{f}: checkpoint {a!r} vs run {b!r}")
+    if lora:
+        for f in ("lora_rank", "lora_targets"):
+            a, b = theirs.get(f, 0 if f == "lora_rank" else None), getattr(cfg, f)
+            if f == "lora_targets" and not (theirs.get("lora_rank") or cfg.lora_rank):
+                continue  # no adapters on either side: the target pattern is irrelevant
+            if a != b:
+                diff.append(f"{f}: checkpoint {a!r} vs run {b!r}")
     if diff:
         raise IncompatibleCheckpointError(f"{where}: the checkpoint's model architecture differs from "
                                           "config.model: " + "; ".join(diff))

@@ -24,6 +24,7 @@ import optax
 
 from dreamactor_jax import config_lib
 from dreamactor_jax.data import schema, sources
+from dreamactor_jax.models import lora
 from dreamactor_jax.models.build import count_params, init_params, model_config
 from dreamactor_jax.models.config import WanConfig
 from dreamactor_jax.parallel import rules, shard
@@ -146,8 +147,16 @@ def initial_state(config: ml_collections.ConfigDict, setup: Setup, plan: StartPl
 
     def restore(step: int):
         meta = checkpoint.restore_meta(reader, step)
-        checkpoint.check_architecture(meta, mcfg, where)
-        if plan.kind == "init_from":
+        checkpoint.check_architecture(meta, mcfg, where, lora=plan.kind != "init_from")
+        if plan.kind == "init_from" and mcfg.lora_rank > 0 and not meta.get("model", {}).get("lora_rank"):
+            # A LoRA run from base-only weights (an import, a full fine-tune): restore the frozen base and
+            # add fresh adapters, as the paper trains LoRA on a pretrained backbone.
+            frozen_abs = lora.split_trainable(setup.abstract_state.params)[1]
+            frozen_sh = lora.split_trainable(sp.params)[1]
+            value = state_lib.add_adapters(checkpoint.restore_params(reader, step, frozen_abs, frozen_sh), mcfg,
+                                           config.seed, sp.params)
+            finite = _all_finite(value)
+        elif plan.kind == "init_from":
             value = checkpoint.restore_params(reader, step, setup.abstract_state.params, sp.params)
             finite = _all_finite(value)
         else:
