@@ -23,6 +23,8 @@ flags.DEFINE_integer("batch_size", 8, "Records per encode call.")
 flags.DEFINE_integer("text_len", 512, "Text tokens stored when --text_dim > 0.")
 flags.DEFINE_integer("text_dim", 0, "Text embedding width to store (0: store no text).")
 flags.DEFINE_integer("seed", 0, "Text encoder seed (must match the training config's seed).")
+flags.DEFINE_string("umt5_dir", None, "A local umT5 encoder + tokenizer directory (Wan2.1's text encoder): store its "
+                    "caption embeddings (--text_len tokens) instead of the tiny hashing encoder's.")
 flags.DEFINE_integer("process_index", -1, "This process (-1: jax.process_index()).")
 flags.DEFINE_integer("process_count", -1, "Processes (-1: jax.process_count()).")
 flags.DEFINE_string("coordinator", None, "HOST:PORT: initialize jax.distributed first (multi-host).")
@@ -44,7 +46,12 @@ def main(argv):
 
         index, count = jax.process_index(), jax.process_count()
     codec = get_codec(FLAGS.codec, spatial_factor=FLAGS.spatial_factor, latent_channels=FLAGS.latent_channels)
-    text = TextEncoder(length=FLAGS.text_len, dim=FLAGS.text_dim, seed=FLAGS.seed) if FLAGS.text_dim > 0 else None
+    if FLAGS.umt5_dir:
+        from dreamactor_jax.data.umt5 import UMT5TextEncoder
+
+        text = UMT5TextEncoder(FLAGS.umt5_dir, length=FLAGS.text_len)
+    else:
+        text = TextEncoder(length=FLAGS.text_len, dim=FLAGS.text_dim, seed=FLAGS.seed) if FLAGS.text_dim > 0 else None
     r = precompute(FLAGS.src, FLAGS.out, codec, text_encoder=text, process_index=index, process_count=count,
                    batch_size=FLAGS.batch_size)
     print(f"process {index}/{count}: wrote {len(r.written)} shards ({r.records} records), {len(r.existing)} already "
