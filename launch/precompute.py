@@ -4,8 +4,9 @@
 Process i of n (``--process_index/--process_count``, default: this jax process) handles input shards
 i::n; finished output shards are skipped on a re-run. ``--text_dim > 0`` also stores caption embeddings of
 the toy text encoder (``--text_len``, ``--seed``); otherwise training encodes captions on the fly.
-Processes never talk to each other; ``--coordinator=HOST:PORT`` only serves to learn the process index
-from ``jax.distributed`` instead of passing it.
+Processes never talk to each other; the multi-host flags (``--coordinator_address/--num_processes/
+--process_id``, the DREAMACTOR_* environment or a detected cluster: parallel/distributed.py) only serve
+to learn the process index from ``jax.distributed`` instead of passing it.
 """
 
 from absl import app, flags
@@ -13,6 +14,7 @@ from absl import app, flags
 from dreamactor_jax.codecs import get_codec
 from dreamactor_jax.data.precompute import precompute
 from dreamactor_jax.data.text import TextEncoder
+from dreamactor_jax.parallel import distributed
 
 flags.DEFINE_string("src", None, "Directory (or glob) of pixel record shards.")
 flags.DEFINE_string("out", None, "Output directory for latent record shards.")
@@ -27,7 +29,7 @@ flags.DEFINE_string("umt5_dir", None, "A local umT5 encoder + tokenizer director
                     "caption embeddings (--text_len tokens) instead of the tiny hashing encoder's.")
 flags.DEFINE_integer("process_index", -1, "This process (-1: jax.process_index()).")
 flags.DEFINE_integer("process_count", -1, "Processes (-1: jax.process_count()).")
-flags.DEFINE_string("coordinator", None, "HOST:PORT: initialize jax.distributed first (multi-host).")
+distributed.define_flags()
 flags.mark_flags_as_required(["src", "out"])
 FLAGS = flags.FLAGS
 
@@ -35,12 +37,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize_from_flags()  # the one multi-host initialisation all launchers share
     index, count = FLAGS.process_index, FLAGS.process_count
-    if FLAGS.coordinator:
-        import jax
-
-        jax.distributed.initialize(FLAGS.coordinator, num_processes=count if count > 0 else None,
-                                   process_id=index if index >= 0 else None)
     if index < 0 or count < 0:
         import jax  # processes work independently: jax only tells this process its place
 
