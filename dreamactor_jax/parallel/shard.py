@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
 import ml_collections
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from dreamactor_jax.models.build import abstract_model
 from dreamactor_jax.models.config import WanConfig
@@ -32,15 +30,12 @@ def config_rules(config: ml_collections.ConfigDict) -> tuple:
     return rules_lib.normalize_rules(custom) if custom else rules_lib.DEFAULT_RULES
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, batch: Any) -> Any:
-    """Batch dimension over (data, fsdp) where it divides; everything else replicated."""
-    sizes = dict(mesh.shape)
-
+def batch_sharding(mesh: jax.sharding.Mesh, batch: Any, rules: tuple | None = None) -> Any:
+    """Batch dimension as the rules shard ``act_batch`` ((data, fsdp) by default, the prefix that divides it);
+    everything else replicated."""
     def one(x):
-        axes = [a for a in ("data", "fsdp") if sizes.get(a, 1) > 1]
-        while axes and x.shape[0] % math.prod(sizes[a] for a in axes):
-            axes.pop()
-        return NamedSharding(mesh, P(tuple(axes) if axes else None))
+        axes = ("act_batch",) + (None,) * (len(x.shape) - 1)
+        return NamedSharding(mesh, rules_lib.logical_to_spec(axes, rules, mesh=mesh, shape=x.shape))
 
     return jax.tree.map(one, batch)
 
@@ -51,4 +46,4 @@ def plan(mcfg: WanConfig, mesh: jax.sharding.Mesh, state: Any, batch: Any, rules
     p = rules_lib.param_shardings(abstract_model(mcfg), mesh, rules)
     # Moments and EMA shard like what they track (with LoRA: like each adapter's base kernel).
     s = state_lib.shardings(state, p, mesh)
-    return ShardingPlan(mesh=mesh, params=p, state=s, batch=batch_sharding(mesh, batch), rules=rules)
+    return ShardingPlan(mesh=mesh, params=p, state=s, batch=batch_sharding(mesh, batch, rules), rules=rules)
