@@ -34,7 +34,6 @@ from typing import Any
 import jax
 import ml_dtypes
 import numpy as np
-from flax import nnx
 
 from dreamactor_jax.convert import names, orbax_reader
 from dreamactor_jax.convert.fsutil import atomic_dir
@@ -79,24 +78,6 @@ def _host_fetch(a) -> np.ndarray:
         raise ValueError("export from in-memory arrays needs them fully addressable by this process; on several "
                          "hosts, save a checkpoint and export from it (export_checkpoint)")
     return np.asarray(jax.device_get(a))
-
-
-def _flatten(params: Any) -> dict[names.Path, Any]:
-    """Flat {path tuple: array} from an nnx.State, a nested dict (``nnx.to_pure_dict``) or a flat dict."""
-    if isinstance(params, nnx.State):
-        return names._flat(params)
-    if isinstance(params, Mapping) and params and all(isinstance(k, tuple) for k in params):
-        return dict(params)
-    flat: dict[names.Path, Any] = {}
-
-    def walk(prefix, d):
-        for k, v in d.items():
-            if isinstance(v, Mapping):
-                walk((*prefix, str(k)), v)
-            else:
-                flat[(*prefix, str(k))] = v
-    walk((), params)
-    return flat
 
 
 def _check_source(cfg: WanConfig, flat: Mapping[names.Path, Any], source: str, *, lora: bool = False) -> None:
@@ -238,7 +219,7 @@ def export_params(cfg: WanConfig, params: Any, out: str, *, dtype: str = "bf16",
     With LoRA, ``params`` holds base and adapters (``TrainState.params``; for the EMA adapters,
     ``models.lora.combine(state.ema, models.lora.split_trainable(state.params)[1])``).
     """
-    return write_diffusers(cfg, _flatten(params), out, dtype=dtype, max_shard_size=max_shard_size, lora=lora)
+    return write_diffusers(cfg, names.flatten(params), out, dtype=dtype, max_shard_size=max_shard_size, lora=lora)
 
 
 def _open_adapters(ckpt_dir: str, item: str, cfg: WanConfig, step: int,

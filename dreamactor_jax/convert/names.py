@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -84,6 +85,25 @@ def _flat(state: nnx.State) -> dict[Path, jax.ShapeDtypeStruct | jax.Array]:
     return out
 
 
+def flatten(params: Any) -> dict[Path, Any]:
+    """Flat {path tuple: array} from an nnx.State, a nested dict (``nnx.to_pure_dict``) or a flat dict."""
+    if isinstance(params, nnx.State):
+        return _flat(params)
+    if isinstance(params, Mapping) and params and all(isinstance(k, tuple) for k in params):
+        return dict(params)
+    flat: dict[Path, Any] = {}
+
+    def walk(prefix, d):
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk((*prefix, str(k)), v)
+            else:
+                flat[(*prefix, str(k))] = v
+
+    walk((), params)
+    return flat
+
+
 def _expand(cfg: WanConfig, path: Path, theirs_leaf: str, hook: str, shape: tuple[int, ...]) -> list[Entry]:
     """Entries of one of our arrays: one per layer for the stacked blocks, else one."""
     mods = path[:-1]
@@ -130,14 +150,15 @@ def lora_target_modules(cfg: WanConfig) -> list[str]:
     return out
 
 
-def export_tensors(cfg: WanConfig, params: nnx.State | Mapping[Path, jax.Array],
+def export_tensors(cfg: WanConfig, params: nnx.State | Mapping[Any, Any],
                    fetch: Callable[[jax.Array], np.ndarray] = np.asarray) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (diffusers key, torch-layout array) one tensor at a time.
 
-    ``fetch`` turns one (possibly sharded) array into host memory; only one
-    layer's slice of a stacked array is fetched at a time.
+    ``params`` is an nnx.State, a nested dict (``nnx.to_pure_dict``) or a flat
+    {path tuple: array} dict. ``fetch`` turns one (possibly sharded) array into
+    host memory; only one layer's slice of a stacked array is fetched at a time.
     """
-    flat = params if isinstance(params, Mapping) and not isinstance(params, nnx.State) else _flat(params)
+    flat = flatten(params)
     for e in name_table(cfg):
         a = flat[e.ours]
         a = a[e.layer] if e.layer is not None else a
