@@ -194,7 +194,7 @@ def test_ulysses_gradient_matches(kv_sharded):
         np.testing.assert_allclose(np.asarray(g_par), np.asarray(g_ref), atol=ATOL)
 
 
-@pytest.mark.parametrize("impl", ["xla", "blocked", "dot_product"])
+@pytest.mark.parametrize("impl", ["xla", "flash", "blocked", "dot_product"])
 def test_each_local_impl_matches_xla(impl):
     mesh = make_mesh(dict(data=2, sequence=4))
     q, k, v = _qkv()
@@ -223,15 +223,25 @@ def test_ulysses_needs_divisible_heads_and_ring_does_not():
         sequence.ulysses_attention(q[:, :118], k[:, :118], v[:, :118], None, mesh=mesh)
 
 
-def test_tiny_model_forward_sharded_matches_single_device(monkeypatch):
-    """Rules + Ulysses end to end: the tiny DiT under a data x fsdp x sequence mesh equals one device."""
+@pytest.mark.parametrize("per_token", [False, True], ids=["per_sample_t", "per_token_t"])
+def test_tiny_model_forward_sharded_matches_single_device(monkeypatch, per_token):
+    """Rules + Ulysses end to end: the tiny DiT under a data x fsdp x sequence mesh equals one device.
+
+    The input is a double-width canvas (W = 2 halves), tokens row-major over it, so each
+    sequence shard holds a run of rows spanning both halves; per-token timesteps (given
+    regions marked clean) follow the tokens onto their shard.
+    """
     from dreamactor_jax.models.build import merge
 
     cfg = get_preset("tiny", num_layers=1)
     b, t, hh, ww = 2, 2, 4, 8  # (2, 2, 4) token grid = 16 tokens
     kx, kt, kc = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, (b, t, hh, ww, cfg.in_channels))
-    ts = jax.random.uniform(kt, (b,)) * 1000
+    n = t * (hh // 2) * (ww // 2)
+    ts = jax.random.uniform(kt, (b, n) if per_token else (b,)) * 1000
+    if per_token:  # the left half of frame 0 (the reference) is given: timestep 0 there
+        left0 = (jnp.arange(n) < (hh // 2) * (ww // 2)) & (jnp.arange(n) % (ww // 2) < ww // 4)
+        ts = jnp.where(left0[None], 0.0, ts)
     text = jax.random.normal(kc, (b, 5, cfg.text_dim))
     text_mask = _key_mask(b, 5)
 
@@ -251,3 +261,79 @@ def test_tiny_model_forward_sharded_matches_single_device(monkeypatch):
     with jax.set_mesh(mesh):
         out = jax.jit(lambda p, *a: merge(graphdef, p)(*a))(params, x, ts, text, text_mask)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4)
+
+
+# --- flash and splash kernels ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nk", [None, 7], ids=["self", "cross"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_flash_forward_and_grads_match_xla(nk, masked):
+    q, k, v = _qkv(h=3, d=32) if nk is None else (_qkv(h=3, d=32)[0], *_qkv(nk=nk, h=3, d=32, seed=1)[1:])
+    mask = _key_mask(2, k.shape[1]) if masked else None
+    w = jax.random.normal(jax.random.key(3), q.shape, jnp.float32)
+    # block 48 does not divide the 120 queries: the padded last block is exercised too
+    flash = lambda q, k, v: attn_lib.attention_flash(q, k, v, mask, block_q=48)  # noqa: E731
+    ref = lambda q, k, v: attn_lib.attention_xla(q, k, v, mask)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(jax.jit(flash)(q, k, v)), np.asarray(ref(q, k, v)), atol=ATOL)
+    g_ref = jax.grad(lambda *a: jnp.sum(ref(*a) * w), argnums=(0, 1, 2))(q, k, v)
+    g = jax.jit(jax.grad(lambda *a: jnp.sum(flash(*a) * w), argnums=(0, 1, 2)))(q, k, v)
+    for a, r in zip(g, g_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=ATOL)
+
+
+def test_flash_bf16_close_to_f32_reference():
+    q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(h=3, d=32))
+    out = attn_lib.attention_flash(q, k, v, block_q=32)
+    assert out.dtype == jnp.bfloat16
+    ref = attn_lib.attention_xla(*(x.astype(jnp.float32) for x in (q, k, v)))
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=2e-2)
+
+
+@pytest.mark.parametrize("case", ["self", "self_masked", "cross_padded"])
+def test_splash_interpret_matches_xla(case):
+    """The Pallas TPU kernel in interpret mode (CPU): forward and all three gradients, padding and masks."""
+    if case == "cross_padded":  # 200 queries and 37 keys: both padded up to the 128-blocks
+        q, k, v = _qkv(b=2, nq=200, h=2, d=32)[0], *_qkv(b=2, nq=37, h=2, d=32, seed=1)[1:]
+    else:
+        q, k, v = _qkv(b=2, nq=256, h=2, d=32)
+    mask = _key_mask(2, k.shape[1]) if case != "self" else None
+    w = jax.random.normal(jax.random.key(3), q.shape, jnp.float32)
+    splash = lambda q, k, v: attn_lib.attention_splash(q, k, v, mask, block=128, interpret=True)  # noqa: E731
+    ref = lambda q, k, v: attn_lib.attention_xla(q, k, v, mask)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(splash(q, k, v)), np.asarray(ref(q, k, v)), atol=ATOL)
+    g_ref = jax.grad(lambda *a: jnp.sum(ref(*a) * w), argnums=(0, 1, 2))(q, k, v)
+    g = jax.grad(lambda *a: jnp.sum(splash(*a) * w), argnums=(0, 1, 2))(q, k, v)
+    for a, r in zip(g, g_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=ATOL)
+
+
+def test_splash_runs_per_shard_under_a_mesh(monkeypatch):
+    """A Pallas kernel cannot be partitioned by XLA: with batch and heads sharded (no sequence axis), attend()
+    still runs it in shard_map, one shard per device, and the result equals the reference."""
+    calls, kernel = [], attn_lib.attention_splash
+
+    def interpreted(*a, **kw):
+        calls.append(a[0].shape)
+        return kernel(*a, **{**kw, "interpret": True})
+
+    monkeypatch.setattr(attn_lib, "attention_splash", interpreted)
+    mesh = make_mesh(dict(data=2, tensor=2))
+    q, k, v = _qkv(b=2, nq=128, h=4, d=32)
+    with jax.set_mesh(mesh):
+        out = jax.jit(lambda q, k, v: sequence.attend("splash", q, k, v, splash_block=128))(q, k, v)
+    assert calls and calls[0] == (1, 128, 2, 32)  # per shard: batch / data, heads / tensor
+    np.testing.assert_allclose(np.asarray(out), np.asarray(attn_lib.attention_xla(q, k, v)), atol=ATOL)
+
+
+def test_auto_resolves_per_platform():
+    assert attn_lib.resolve("auto", jnp.float32, "tpu") == "splash"
+    assert attn_lib.resolve("auto", jnp.bfloat16, "gpu") == "cudnn"
+    assert attn_lib.resolve("auto", jnp.float32, "gpu") == "flash"  # cuDNN's kernel takes 16-bit inputs only
+    assert attn_lib.resolve("auto", jnp.float32, "cpu") == "flash"
+    assert attn_lib.resolve("xla", jnp.float32, "tpu") == "xla"
+    from dreamactor_jax.config_lib import model_section
+    from dreamactor_jax.models.build import model_config
+
+    assert model_config(model_section("tiny"), platform="tpu").attention == "splash"
+    assert model_config(model_section("tiny", attention="blocked"), platform="tpu").attention == "blocked"

@@ -1,15 +1,21 @@
 """3D rotary embedding and the attention kernels the model can use.
 
 ``xla`` (plain einsum-softmax-einsum in f32) is the reference every other
-implementation is tested against. ``blocked`` splits the queries into blocks
-computed under ``jax.checkpoint`` so a block's score matrix stays small: on CPU
-this is several times faster for the backward pass (see PLATFORM.md, section
-11). ``dot_product`` is ``jax.nn.dot_product_attention`` (XLA), ``cudnn`` the
-same with the cuDNN flash kernel (GPU only).
+implementation is tested against. ``flash`` is FlashAttention-2 written in JAX:
+query blocks under ``lax.map``, a hand-written backward (``jax.custom_vjp``) that
+recomputes each block's scores once from the saved log-sum-exp, and the
+(B, H, N, D) layout so every block matmul is a plain batched GEMM; it never holds
+an N x N score matrix and is the fastest on CPU (benchmarks/attention.py).
+``blocked`` splits the queries into blocks computed under ``jax.checkpoint``
+(autodiff backward). ``dot_product`` is ``jax.nn.dot_product_attention`` (XLA),
+``cudnn`` the same with the cuDNN flash kernel (GPU only), ``splash`` the Pallas
+TPU splash-attention kernel (TPU only; ``interpret=True`` runs it on CPU for
+tests). ``auto`` picks splash on TPU, cuDNN on GPU for 16-bit inputs, else flash.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -96,16 +102,167 @@ def attention_dot_product(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, implementatio
     return jax.nn.dot_product_attention(q_bqhd, k_bkhd, v_bkhd, mask=mask, implementation=implementation)
 
 
-def attend(impl: str, q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block_q: int = 128):
+def _flash_blocks(x_bhnd, block: int):
+    """(B, H, N, D) -> (N/block, B, H, block, D): the leading axis is what ``lax.map``/``scan`` iterate over."""
+    b, h, n, d = x_bhnd.shape
+    return x_bhnd.reshape(b, h, n // block, block, d).transpose(2, 0, 1, 3, 4)
+
+
+def _flash_unblocks(x_nbhqd):
+    nb, b, h, bq, d = x_nbhqd.shape
+    return x_nbhqd.transpose(1, 2, 0, 3, 4).reshape(b, h, nb * bq, d)
+
+
+def _flash_scores(q_bhqd, k_bhkd, bias_b11k, scale):
+    s = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd, preferred_element_type=jnp.float32) * scale
+    return s if bias_b11k is None else s + bias_b11k
+
+
+def _flash_forward(q, k, v, bias, block_q):
+    """Returns the output (B, H, Q, D) and the row log-sum-exp (Q/bq, B, H, bq), f32."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+
+    def one(q_blk):
+        s = _flash_scores(q_blk, k, bias, scale)
+        m = jnp.max(s, axis=-1, keepdims=True)
+        p = jnp.exp(s - m)
+        denom = jnp.sum(p, axis=-1, keepdims=True)
+        o = jnp.einsum("bhqk,bhkd->bhqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32) / denom
+        return o.astype(q.dtype), (m + jnp.log(denom))[..., 0]
+
+    o, lse = jax.lax.map(one, _flash_blocks(q, block_q))
+    return _flash_unblocks(o), lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, k, v, bias, block_q):
+    return _flash_forward(q, k, v, bias, block_q)[0]
+
+
+def _flash_fwd(q, k, v, bias, block_q):
+    o, lse = _flash_forward(q, k, v, bias, block_q)
+    return o, (q, k, v, bias, o, lse)
+
+
+def _flash_bwd(block_q, res, do):
+    q, k, v, bias, o, lse = res
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)  # (B, H, Q, 1)
+
+    def body(carry, xs):
+        dk, dv = carry
+        q_blk, do_blk, lse_blk, delta_blk = xs
+        p = jnp.exp(_flash_scores(q_blk, k, bias, scale) - lse_blk[..., None])  # (B, H, bq, K) f32
+        dv = dv + jnp.einsum("bhqk,bhqd->bhkd", p.astype(do.dtype), do_blk, preferred_element_type=jnp.float32)
+        dp = jnp.einsum("bhqd,bhkd->bhqk", do_blk, v, preferred_element_type=jnp.float32)
+        ds = p * (dp - delta_blk[..., 0][..., None]) * scale
+        dq = jnp.einsum("bhqk,bhkd->bhqd", ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+        dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds.astype(q.dtype), q_blk, preferred_element_type=jnp.float32)
+        return (dk, dv), dq.astype(q.dtype)
+
+    zeros = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+    xs = (_flash_blocks(q, block_q), _flash_blocks(do, block_q), lse, _flash_blocks(delta, block_q))
+    (dk, dv), dq = jax.lax.scan(body, zeros, xs)
+    dbias = None if bias is None else jnp.zeros_like(bias)
+    return _flash_unblocks(dq), dk.astype(k.dtype), dv.astype(v.dtype), dbias
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def attention_flash(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block_q: int = 128):
+    """FlashAttention-2 in JAX: same math as :func:`attention_xla`, O(block_q · K) score memory, custom backward."""
+    b, nq, h, d = q_bqhd.shape
+    bq = min(block_q, nq)
+    pad = (-nq) % bq
+    q = q_bqhd.transpose(0, 2, 1, 3)
+    if pad:  # padded query rows are computed and dropped; their zero cotangent adds nothing to dK, dV
+        q = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    k, v = k_bkhd.transpose(0, 2, 1, 3), v_bkhd.transpose(0, 2, 1, 3)
+    bias = _key_bias(mask_bk)
+    o = _flash(q, k, v, bias, bq)
+    return o[:, :, :nq].transpose(0, 2, 1, 3)
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(heads: int, nq: int, nk: int, block_q: int, block_kv: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    mask = sm.MultiHeadMask([sm.FullMask((nq, nk)) for _ in range(heads)])
+    sizes = sk.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
+                          block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv, block_q_dq=block_q,
+                          block_kv_dq=block_kv)
+    return sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def attention_splash(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block: int = 512, interpret: bool = False):
+    """Pallas TPU splash attention (fused forward and backward kernels); same math as :func:`attention_xla`.
+
+    Token counts are padded to the block sizes (multiples of 128, shrunk for short
+    sequences); padded keys and masked keys (``mask_bk`` false) get segment id 0
+    against the queries' 1, so no query attends them. Inside a sharded program this
+    must run per shard: :func:`dreamactor_jax.parallel.sequence.attend` puts it in
+    ``shard_map``. A query whose keys are all masked gets zeros (the reference: the
+    mean of the values).
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+    b, nq, h, d = q_bqhd.shape
+    nk = k_bkhd.shape[1]
+    if block % 128:
+        raise ValueError(f"splash attention block size must be a multiple of 128, got {block}")
+    bq = min(block, _round_up(nq, 128))
+    bkv = min(block, _round_up(nk, 128))
+    nq_p, nk_p = _round_up(nq, bq), _round_up(nk, bkv)
+    # The kernel takes (H, N, D) per example and applies no 1/sqrt(D).
+    q = (q_bqhd.astype(jnp.float32) / math.sqrt(d)).astype(q_bqhd.dtype).transpose(0, 2, 1, 3)
+    k, v = k_bkhd.transpose(0, 2, 1, 3), v_bkhd.transpose(0, 2, 1, 3)
+    q = jnp.pad(q, ((0, 0), (0, 0), (0, nq_p - nq), (0, 0)))
+    k = jnp.pad(k, ((0, 0), (0, 0), (0, nk_p - nk), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, 0), (0, nk_p - nk), (0, 0)))
+    kernel = _splash_kernel(h, nq_p, nk_p, bq, bkv, interpret)
+    if mask_bk is None and nk_p == nk:
+        o = jax.vmap(kernel)(q, k, v)
+    else:
+        valid = jnp.ones((b, nk), jnp.int32) if mask_bk is None else mask_bk.astype(jnp.int32)
+        kv_ids = jnp.pad(valid, ((0, 0), (0, nk_p - nk)))
+        ids = sk.SegmentIds(q=jnp.ones((b, nq_p), jnp.int32), kv=kv_ids)
+        o = jax.vmap(kernel)(q, k, v, segment_ids=ids)
+    return o[:, :, :nq].transpose(0, 2, 1, 3).astype(q_bqhd.dtype)
+
+
+def resolve(impl: str, dtype=None, platform: str | None = None) -> str:
+    """The implementation ``impl`` stands for on ``platform`` (default: the default backend)."""
+    if impl != "auto":
+        return impl
+    platform = platform or jax.default_backend()
+    if platform == "tpu":
+        return "splash"
+    if platform == "gpu" and dtype is not None and jnp.dtype(dtype).itemsize == 2:
+        return "cudnn"  # cuDNN's flash kernel takes 16-bit inputs only
+    return "flash"
+
+
+def attend(impl: str, q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block_q: int = 128, splash_block: int = 512):
     """Dispatches to the attention implementation named ``impl``."""
+    impl = resolve(impl, q_bqhd.dtype)
     if impl == "xla":
         return attention_xla(q_bqhd, k_bkhd, v_bkhd, mask_bk)
+    if impl == "flash":
+        return attention_flash(q_bqhd, k_bkhd, v_bkhd, mask_bk, block_q=block_q)
     if impl == "blocked":
         return attention_blocked(q_bqhd, k_bkhd, v_bkhd, mask_bk, block_q=block_q)
     if impl == "dot_product":
         return attention_dot_product(q_bqhd, k_bkhd, v_bkhd, mask_bk, implementation="xla")
     if impl == "cudnn":
         if jax.default_backend() != "gpu":
-            raise ValueError("attention='cudnn' needs a GPU backend; use 'xla', 'blocked' or 'dot_product'")
+            raise ValueError("attention='cudnn' needs a GPU backend; use 'flash', 'xla', 'blocked' or 'dot_product'")
         return attention_dot_product(q_bqhd, k_bkhd, v_bkhd, mask_bk, implementation="cudnn")
+    if impl == "splash":
+        return attention_splash(q_bqhd, k_bkhd, v_bkhd, mask_bk, block=splash_block)
     raise ValueError(f"attention implementation {impl!r} is not available here")

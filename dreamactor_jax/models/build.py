@@ -8,21 +8,29 @@ from typing import Any
 import jax
 from flax import nnx
 
+from dreamactor_jax.models import attention
 from dreamactor_jax.models.config import WanConfig, get_preset
 from dreamactor_jax.models.transformer import WanTransformer3DModel
 
 
-def model_config(model_cfg: Mapping[str, Any]) -> WanConfig:
-    """WanConfig from a config tree's ``model`` section: ``preset`` plus every non-None field as override."""
+def model_config(model_cfg: Mapping[str, Any], platform: str | None = None) -> WanConfig:
+    """WanConfig from a config tree's ``model`` section: ``preset`` plus every non-None field as override.
+
+    ``attention="auto"`` is resolved here for ``platform`` (default: the default backend), so a
+    step compiled ahead of time for TPU devices from a CPU host gets the TPU kernel.
+    """
     d = dict(model_cfg)
     preset = d.pop("preset", None)
     if preset is None:
         raise ValueError("config.model.preset is required (e.g. 'tiny', 'wan2.1-i2v-14b')")
     overrides = {k: (tuple(v) if k == "patch_size" else v) for k, v in d.items() if v is not None}
     try:
-        return get_preset(preset, **overrides)
+        cfg = get_preset(preset, **overrides)
     except ValueError as e:
         raise ValueError(f"config.model: {e}") from None
+    if cfg.attention == "auto":
+        cfg = cfg.replace(attention=attention.resolve("auto", cfg.dtype, platform))
+    return cfg
 
 
 def abstract_model(cfg: WanConfig) -> WanTransformer3DModel:

@@ -33,7 +33,7 @@ ARCH_FIELDS = (
 )
 
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention", "save_qkv_proj")
-ATTENTION_IMPLS = ("xla", "blocked", "dot_product", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "flash", "blocked", "dot_product", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +62,11 @@ class WanConfig:
     param_dtype: str = "float32"  # storage dtype of parameters
     scan_layers: bool = True  # lax.scan over the stacked blocks, else a Python loop
     remat: str = "none"  # one of REMAT_POLICIES
-    attention: str = "xla"  # one of ATTENTION_IMPLS
-    attention_block_q: int = 128  # query block for attention="blocked"
+    # One of ATTENTION_IMPLS; "auto": splash on TPU, cudnn on GPU (16-bit compute), else flash
+    # (dreamactor_jax.models.attention.resolve). "xla" is the reference the others are tested against.
+    attention: str = "auto"
+    attention_block_q: int = 128  # query block of attention="flash" and "blocked"
+    attention_splash_block: int = 512  # query and key/value block of attention="splash" (a multiple of 128)
     sequence_parallel: str = "ulysses"  # strategy when the mesh's sequence axis > 1: "ulysses" | "ring"
     # --- LoRA (adapters on Linear layers; the base weights are then frozen in training) ---
     lora_rank: int = 0  # 0: no adapters, full fine-tuning
@@ -128,6 +131,8 @@ class WanConfig:
             bad("sequence_parallel", f"must be 'ulysses' or 'ring', got {self.sequence_parallel!r}")
         if self.attention_block_q < 1:
             bad("attention_block_q", f"must be positive, got {self.attention_block_q}")
+        if self.attention_splash_block < 128 or self.attention_splash_block % 128:
+            bad("attention_splash_block", f"must be a positive multiple of 128, got {self.attention_splash_block}")
         if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
             bad("lora_rank", f"must be an int >= 0 (0: no LoRA), got {self.lora_rank!r}")
         if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha < 0:

@@ -115,6 +115,7 @@ class Attention(nnx.Module):
         self.heads = cfg.num_attention_heads
         self.impl = cfg.attention
         self.block_q = cfg.attention_block_q
+        self.splash_block = cfg.attention_splash_block
         self.strategy = cfg.sequence_parallel
         self.to_q = Linear(d, inner, axes=("embed", "heads"), **kw)
         self.to_k = Linear(d, inner, axes=("embed", "heads"), **kw)
@@ -142,13 +143,12 @@ class Attention(nnx.Module):
             q = attn_lib.apply_rope(q, *rope)
             k = attn_lib.apply_rope(k, *rope)
         # Sequence-parallel (shard_map over the mesh's 'sequence' axis) when one is active, else local.
-        o = seq_lib.attend(self.impl, q, k, v, ctx_mask_bl, block_q=self.block_q, kv_sharded=ctx_bld is None,
-                           strategy=self.strategy)
+        kw = dict(block_q=self.block_q, splash_block=self.splash_block, strategy=self.strategy)
+        o = seq_lib.attend(self.impl, q, k, v, ctx_mask_bl, kv_sharded=ctx_bld is None, **kw)
         if img_bmd is not None and self.add_k_proj is not None:
             ki = self._heads(self.norm_added_k(self.add_k_proj(img_bmd)))
             vi = self._heads(self.add_v_proj(img_bmd))
-            o = o + seq_lib.attend(self.impl, q, ki, vi, None, block_q=self.block_q, kv_sharded=False,
-                                   strategy=self.strategy)
+            o = o + seq_lib.attend(self.impl, q, ki, vi, None, kv_sharded=False, **kw)
         b, n = o.shape[:2]
         return self.to_out(checkpoint_name(o.reshape(b, n, -1), "attention_out"))
 

@@ -14,7 +14,9 @@ the one place that needs every token. Two strategies:
 
 Cross-attention (keys/values are the short text or image tokens, replicated on
 the sequence axis) needs neither: each device attends its own queries to all
-keys locally. Heads may additionally be split over ``tensor`` and the batch
+keys locally. Kernels XLA cannot partition (``splash``, a Pallas call) run in the
+same ``shard_map`` with no sequence axis too, one shard of batch and heads per
+device. Heads may additionally be split over ``tensor`` and the batch
 over ``data``/``fsdp``; axes that do not divide the array are left out.
 """
 
@@ -79,7 +81,7 @@ def _ring_local(q_bqhd, k_bkhd, v_bkhd, mask_bk, *, seq_axis: str, n: int):
 def sequence_parallel_attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, mesh=None, impl: str = "xla",
                                 strategy: str = "ulysses", kv_sharded: bool | None = None,
                                 seq_axis: str = "sequence", batch_axes: Sequence[str] = ("data", "fsdp"),
-                                head_axis: str | None = "tensor", block_q: int = 128):
+                                head_axis: str | None = "tensor", block_q: int = 128, splash_block: int = 512):
     """Attention with queries split over ``seq_axis``; same result as ``attn_lib.attend(impl, ...)``.
 
     Args:
@@ -93,7 +95,8 @@ def sequence_parallel_attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, mesh=No
         queries), False for cross-attention (keys replicated on ``seq_axis``).
         Default: ``K == Q``.
       seq_axis, batch_axes, head_axis: mesh axes for tokens, batch and heads.
-      block_q: query block of ``impl='blocked'``.
+      block_q: query block of ``impl='flash'`` and ``'blocked'``.
+      splash_block: block of ``impl='splash'``.
 
     Returns:
       (B, Q, H, D) in q's dtype, split like the queries.
@@ -128,8 +131,9 @@ def sequence_parallel_attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, mesh=No
 
     bspec = (bat[0] if len(bat) == 1 else bat) if bat else None
     hspec = hx[0] if hx else None
-    kseq = seq_axis if kv_sharded else None
-    q_spec = P(bspec, seq_axis, hspec, None)
+    sspec = seq_axis if seq_axis in sizes else None
+    kseq = sspec if kv_sharded else None
+    q_spec = P(bspec, sspec, hspec, None)
     kv_spec = P(bspec, kseq, hspec, None)
     m_spec = P(bspec, kseq)
 
@@ -141,7 +145,7 @@ def sequence_parallel_attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, mesh=No
             q, k, v = (jax.lax.all_to_all(x, seq_axis, split_axis=2, concat_axis=1, tiled=True) for x in (q, k, v))
             if mk is not None:
                 mk = jax.lax.all_gather(mk, seq_axis, axis=1, tiled=True)
-        o = attn_lib.attend(impl, q, k, v, mk, block_q=block_q)
+        o = attn_lib.attend(impl, q, k, v, mk, block_q=block_q, splash_block=splash_block)
         if use_a2a:
             o = jax.lax.all_to_all(o, seq_axis, split_axis=1, concat_axis=2, tiled=True)
         return o
@@ -155,21 +159,28 @@ def sequence_parallel_attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, mesh=No
     return fn(*args)
 
 
-def attend(impl: str, q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block_q: int = 128, kv_sharded: bool | None = None,
-           strategy: str = "ulysses", seq_axis: str = "sequence"):
+# Kernels that XLA cannot partition (custom calls): inside a sharded program they always run per shard.
+_PER_SHARD_ONLY = ("splash",)
+
+
+def attend(impl: str, q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block_q: int = 128, splash_block: int = 512,
+           kv_sharded: bool | None = None, strategy: str = "ulysses", seq_axis: str = "sequence"):
     """Drop-in for ``attn_lib.attend``: sequence-parallel when the context mesh has ``seq_axis`` > 1.
 
     Without a ``jax.set_mesh`` context, or with a sequence axis of size 1 (or
-    already manual, inside another shard_map), this is ``attn_lib.attend``.
+    already manual, inside another shard_map), this is ``attn_lib.attend``, except
+    that a kernel XLA cannot partition (``splash``) still runs in ``shard_map``.
     """
+    impl = attn_lib.resolve(impl, q_bqhd.dtype)
+    kw = dict(block_q=block_q, splash_block=splash_block)
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or seq_axis not in mesh.axis_names:
-        return attn_lib.attend(impl, q_bqhd, k_bkhd, v_bkhd, mask_bk, block_q=block_q)
-    i = mesh.axis_names.index(seq_axis)
-    if mesh.axis_sizes[i] == 1 or mesh.axis_types[i] == jax.sharding.AxisType.Manual:
-        return attn_lib.attend(impl, q_bqhd, k_bkhd, v_bkhd, mask_bk, block_q=block_q)
+    if mesh.empty or any(t == jax.sharding.AxisType.Manual for t in mesh.axis_types):
+        return attn_lib.attend(impl, q_bqhd, k_bkhd, v_bkhd, mask_bk, **kw)
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    if sizes.get(seq_axis, 1) == 1 and (impl not in _PER_SHARD_ONLY or math.prod(sizes.values()) == 1):
+        return attn_lib.attend(impl, q_bqhd, k_bkhd, v_bkhd, mask_bk, **kw)
     return sequence_parallel_attention(q_bqhd, k_bkhd, v_bkhd, mask_bk, mesh=mesh, impl=impl, strategy=strategy,
-                                       kv_sharded=kv_sharded, seq_axis=seq_axis, block_q=block_q)
+                                       kv_sharded=kv_sharded, seq_axis=seq_axis, **kw)
 
 
 def ulysses_attention(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, mesh=None, impl: str = "xla",

@@ -32,10 +32,14 @@ def step_fn(config: ml_collections.ConfigDict, graphdef, tx):
                              microbatches=config.optim.microbatches, ema_decay=config.optim.ema_decay)
 
 
-def abstract_run(config: ml_collections.ConfigDict):
-    """Returns (model config, graphdef, abstract TrainState, abstract batch, the step partial)."""
+def abstract_run(config: ml_collections.ConfigDict, platform: str | None = None):
+    """Returns (model config, graphdef, abstract TrainState, abstract batch, the step partial).
+
+    ``platform`` is where the step will run ('tpu', 'gpu', 'cpu'; default the default backend):
+    it decides what ``attention="auto"`` becomes.
+    """
     config_lib.validate(config)
-    mcfg = model_config(config.model)
+    mcfg = model_config(config.model, platform)
     graphdef, params = split_params(abstract_model(mcfg))
     tx, _ = optim.make_optimizer(config.optim, config.train.steps)
     state = jax.eval_shape(functools.partial(state_lib.create, tx=tx, ema=config.optim.ema_decay > 0), params)
