@@ -14,7 +14,8 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file, optional
 flags.DEFINE_string("topology", "v5p:2x2x2", "TPU topology, e.g. v5p:4x4x4, v5e:4x4, v6e:4x4.")
 flags.DEFINE_float("step_seconds", None, "A step time to convert into MFU.")
 flags.DEFINE_enum("stage", "stage1", ["stage1", "stage2"], "For a curriculum config: which stage's step.")
-flags.DEFINE_bool("count_flops", True, "Also compile 1- and 2-layer variants to count compiled FLOPs.")
+flags.DEFINE_bool("count_flops", True, "Also compile small countable variants (1-2 layers, 1-3 frames, XLA attention) "
+                  "to count compiled FLOPs per step.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 

@@ -6,10 +6,13 @@ The report gives per-chip memory (``memory_analysis``), compiled FLOPs per
 step (``cost_analysis``) against the model FLOP counter, and the MFU a given
 step time would imply.
 
-XLA's cost analysis counts a while-loop body once, so with scanned layers the
-compiled FLOPs are measured on 1- and 2-layer unrolled variants of the same
-config and extrapolated linearly to the full depth (exact for a stack of
-identical layers).
+XLA's cost analysis counts a while-loop body once and a Pallas kernel not at
+all, so compiled FLOPs are measured on variants of the same config that it can
+count: layers unrolled, attention as the plain XLA reference (the same math as
+every kernel), at 1 and 2 layers and 1, 2 and 3 latent frames, then extrapolated
+to the real depth (linear in layers) and frame count (quadratic in tokens:
+attention is N², everything else N). Both are exact for a stack of identical
+layers, and the small variants compile where full-size XLA attention never would.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def topology_devices(topology: str) -> list[Any]:
 def compile_step(config: ml_collections.ConfigDict, devices: list[Any]):
     """Lowers and compiles the train step of ``config`` on a mesh of ``devices``; returns (compiled, mesh)."""
     mesh = mesh_lib.make_mesh(config.mesh, devices)
-    mcfg, graphdef, state, batch, step = abstract.abstract_run(config)
+    mcfg, graphdef, state, batch, step = abstract.abstract_run(config, platform=devices[0].platform)
     plan = shard_lib.plan(mcfg, mesh, state, batch, rules=shard_lib.config_rules(config))
     key = jax.eval_shape(lambda: jax.random.key(0))
     with jax.set_mesh(mesh), rules_lib.use_rules(plan.rules):
@@ -90,20 +93,37 @@ def _flops_of(compiled) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
+def _lagrange(xs: tuple[float, ...], ys: list[float], x: float) -> float:
+    """The polynomial through (xs, ys) evaluated at ``x``."""
+    total = 0.0
+    for i, (xi, yi) in enumerate(zip(xs, ys)):
+        w = 1.0
+        for j, xj in enumerate(xs):
+            if j != i:
+                w *= (x - xj) / (xi - xj)
+        total += w * yi
+    return total
+
+
+COUNT_LAYERS = (1, 2)
+COUNT_FRAMES = (1, 2, 3)
+
+
 def compiled_flops(config: ml_collections.ConfigDict, devices: list[Any]) -> float:
-    """Compiled FLOPs per step for all devices, extrapolated from 1 and 2 unrolled layers when layers scan."""
+    """Compiled FLOPs per step for all devices, extrapolated from small countable variants (module docstring)."""
     mcfg = model_config(config.model)
-    if not mcfg.scan_layers:
-        compiled, _ = compile_step(config, devices)
-        return _flops_of(compiled) * len(devices)
-    vals = []
-    for layers in (1, 2):
-        c = ml_collections.ConfigDict(config.to_dict())
-        c.model.num_layers = layers
-        c.model.scan_layers = False
-        vals.append(_flops_of(compile_step(c, devices)[0]) * len(devices))
-    per_layer = vals[1] - vals[0]
-    return vals[0] + (mcfg.num_layers - 1) * per_layer
+    frames = int(config.data.frames)
+    by_layers = []
+    for layers in COUNT_LAYERS:
+        by_frames = []
+        for t in COUNT_FRAMES:
+            c = ml_collections.ConfigDict(config.to_dict())
+            c.model.update(num_layers=layers, scan_layers=False, attention="xla")
+            c.data.update(frames=t * mcfg.patch_size[0], motion_masked_frames=0)
+            by_frames.append(_flops_of(compile_step(c, devices)[0]) * len(devices))
+        by_layers.append(_lagrange(COUNT_FRAMES, by_frames, frames / mcfg.patch_size[0]))
+    per_layer = by_layers[1] - by_layers[0]
+    return by_layers[0] + (mcfg.num_layers - 1) * per_layer
 
 
 @dataclasses.dataclass
