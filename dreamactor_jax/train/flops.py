@@ -58,3 +58,33 @@ def mfu(train_flops_per_step: float, step_seconds: float, peak_flops_per_device:
     if step_seconds <= 0 or peak_flops_per_device <= 0:
         return math.nan
     return train_flops_per_step / step_seconds / (peak_flops_per_device * devices)
+
+
+# Dense bf16 peak FLOP/s per device (public spec sheets), matched against ``jax.Device.device_kind`` by
+# case-insensitive substring, first match wins (so "h100 pcie" precedes "h100", "v5 lite" precedes "v5").
+# CPUs have no entry on purpose: a CPU's peak depends on cores, clocks and vector units, so the progress
+# line reports achieved FLOP/s there, and MFU only against ``config.train.peak_flops_per_device``.
+PEAK_FLOPS_BY_KIND: tuple[tuple[str, float], ...] = (
+    ("tpu v6 lite", 918e12),  # Trillium (v6e)
+    ("tpu v6e", 918e12),
+    ("tpu v5 lite", 197e12),  # v5e
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),  # v5p reports "TPU v5"
+    ("tpu v4", 275e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),  # SXM
+    ("h200", 989e12),
+    ("h800", 989e12),
+    ("b200", 2250e12),
+    ("a100", 312e12),
+)
+
+
+def peak_flops_per_device(device_kind: str) -> float | None:
+    """Dense bf16 peak FLOP/s of one device of ``device_kind`` (``jax.devices()[0].device_kind``); None if unknown."""
+    kind = device_kind.lower()
+    for pattern, peak in PEAK_FLOPS_BY_KIND:
+        if pattern in kind:
+            return peak
+    return None
