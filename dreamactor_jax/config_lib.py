@@ -71,6 +71,14 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     t.resume_from = ""  # another run's checkpoint dir (or workdir): full state (params, opt, EMA, step)
     t.init_from = ""  # checkpoint dir with at least `params` (an import, an earlier stage): params only, step 0
     t.skip_nonfinite_steps = False  # False: a non-finite loss/grad norm stops the run; True: drop that update
+    # Watching the run (train/observe.py, train/preview.py); process 0 writes everything.
+    t.tensorboard = True  # TensorBoard events in workdir/tensorboard (clu; needs TensorFlow); metrics.jsonl always
+    t.peak_flops_per_device = 0.0  # MFU denominator; 0: by device kind (train/flops.py), none known for CPUs
+    t.preview_every = 0  # steps between sample previews (workdir/previews/*.gif + TensorBoard images); 0: off
+    t.preview_examples = 2  # fixed examples per preview
+    t.preview_steps = 8  # sampler steps per preview
+    t.preview_source = "validation"  # "validation" (held-out procedural clips) | "train" (training batch 0)
+    t.profile_steps = ""  # "A:B": jax.profiler trace of steps A..B (inclusive, as logged) into workdir/profile
     t.update(overrides)
     return t
 
@@ -148,3 +156,53 @@ def validate_train(t: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.train.{f} must be a path string ('' for none), got {t[f]!r}")
     if not isinstance(t.get("skip_nonfinite_steps", False), bool):
         raise ValueError(f"config.train.skip_nonfinite_steps must be a bool, got {t.skip_nonfinite_steps!r}")
+    if int(t.get("preview_every", 0)) < 0:
+        raise ValueError(f"config.train.preview_every must be >= 0 (0: off), got {t.preview_every}")
+    if int(t.get("preview_every", 0)) > 0:
+        for f in ("preview_examples", "preview_steps"):
+            if int(t.get(f, 1)) < 1:
+                raise ValueError(f"config.train.{f} must be positive, got {t[f]}")
+        from dreamactor_jax.data.sources import PREVIEW_SOURCES
+
+        if t.get("preview_source", "validation") not in PREVIEW_SOURCES:
+            raise ValueError(f"config.train.preview_source={t.preview_source!r}; choose one of {PREVIEW_SOURCES}")
+    if float(t.get("peak_flops_per_device", 0.0)) < 0:
+        raise ValueError(f"config.train.peak_flops_per_device must be >= 0 (0: by device kind), got "
+                         f"{t.peak_flops_per_device}")
+    from dreamactor_jax.train.observe import parse_profile_steps
+
+    parse_profile_steps(t.get("profile_steps", ""))  # raises naming the field
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """``'configs/stage1_pose.py:tiny'`` -> that file's ``get_config('tiny')``, as ``--config=`` loads it (unlocked).
+
+    A relative path is looked up from the working directory, then from the repository root (so notebooks in
+    ``notebooks/`` can name ``configs/...`` as the README does).
+    """
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isabs(path) and not os.path.exists(path):
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {spec.partition(':')[0]!r} not found (from {os.getcwd()} or the repo)")
+    module = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    mod = importlib.util.module_from_spec(module)
+    module.loader.exec_module(mod)
+    return mod.get_config(arg or None)
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+    """The resolved config as sorted ``a.b.c = value`` lines (fields left to a preset's value, None, omitted)."""
+
+    def walk(d, prefix=""):
+        for k in sorted(d):
+            v = d[k]
+            if isinstance(v, dict):
+                yield from walk(v, f"{prefix}{k}.")
+            elif v is not None:
+                yield f"{prefix}{k} = {v!r}"
+
+    return "\n".join(walk(config.to_dict()))

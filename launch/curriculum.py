@@ -1,12 +1,16 @@
 """Run the two-stage curriculum (stage 1 -> synthesis -> stage 2 -> export -> eval) in one workdir.
 
   python launch/curriculum.py --config=configs/curriculum.py:tiny --workdir=runs/curriculum [--only=PHASE] [--force]
-Rerunning continues where a previous run stopped; phases already done are skipped.
+Rerunning continues where a previous run stopped; phases already done are skipped. Prints the resolved config at
+start and a per-phase summary table at the end (also WORKDIR/summary.json); watch with
+``tensorboard --logdir=WORKDIR``. Multi-host flags as for launch/train.py.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dreamactor_jax import config_lib
 from dreamactor_jax.curriculum import driver
 from dreamactor_jax.parallel import distributed
 
@@ -25,6 +29,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    if jax.process_index() == 0:
+        print(f"config (resolved; saved as {FLAGS.workdir}/{driver.CONFIG_FILE}):\n"
+              f"{config_lib.describe(FLAGS.config)}", flush=True)
     driver.run(FLAGS.config, FLAGS.workdir, only=FLAGS.only, force=FLAGS.force)
 
 

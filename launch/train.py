@@ -1,13 +1,19 @@
 """Train from a config file.
 
-  python launch/train.py --config=configs/stage1_pose.py:tiny --workdir=/tmp/stage1_tiny
-Multi-host: the same command on every host, plus --coordinator_address=HOST0:PORT --num_processes=N
---process_id=I (or the DREAMACTOR_* environment; SLURM and TPU slices are detected): parallel/distributed.py.
+  python launch/train.py --config=configs/stage1_pose.py:tiny --workdir=/tmp/stage1_tiny [--config.FIELD=VALUE ...]
+Prints the resolved config, then one progress line per log step (loss, steps/s, tokens/s, FLOP/s, MFU, ETA) and an
+end-of-run summary table. The workdir gets config.json, metrics.jsonl, summary.json, checkpoints/, tensorboard/
+(``tensorboard --logdir=WORKDIR``), previews/ (``--config.train.preview_every=N``) and profile/
+(``--config.train.profile_steps=A:B``). Multi-host: the same command on every host, plus
+--coordinator_address=HOST0:PORT --num_processes=N --process_id=I (or the DREAMACTOR_* environment; SLURM and TPU
+slices are detected): parallel/distributed.py; cluster scripts in launch/README.md.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dreamactor_jax import config_lib
 from dreamactor_jax.parallel import distributed
 from dreamactor_jax.train import loop
 
@@ -23,6 +29,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep Orbax/absl INFO chatter out of the run log
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if jax.process_index() == 0:
+        print(f"config (resolved; saved as {FLAGS.workdir}/config.json):\n{config_lib.describe(FLAGS.config)}",
+              flush=True)
     summary = loop.run(FLAGS.config, FLAGS.workdir)
     print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, {summary['seconds']:.1f} s")
 

@@ -24,14 +24,14 @@ import time
 import jax
 import ml_collections
 
+from dreamactor_jax.animate import Animator
 from dreamactor_jax.codecs import get_codec
 from dreamactor_jax.curriculum import evaluation, synthesis
-from dreamactor_jax.curriculum.animate import Animator
 from dreamactor_jax.data import sources
 from dreamactor_jax.data.text import TextEncoder
 from dreamactor_jax.diffusion.sampler import SamplerConfig
 from dreamactor_jax.models.build import init_params, model_config
-from dreamactor_jax.train import checkpoint
+from dreamactor_jax.train import checkpoint, observe
 from dreamactor_jax.train import loop as train_loop
 
 PHASES = ("stage1", "synthesis", "stage2", "export", "eval")
@@ -186,6 +186,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, only: str | None = None
     if only is not None and only not in PHASES:
         raise ValueError(f"--only={only!r}; choose one of {PHASES}")
     check_workdir_config(config, workdir, force)
+    if jax.process_index() == 0:
+        print(f"watch: tensorboard --logdir={workdir}  (each training phase logs to <phase>/tensorboard)", flush=True)
     out = {}
     for phase in PHASES if only is None else (only,):
         done = _done(workdir, phase)
@@ -200,4 +202,33 @@ def run(config: ml_collections.ConfigDict, workdir: str, only: str | None = None
     if "eval" in out:
         with open(os.path.join(workdir, "eval", "table.md")) as f:
             print(f.read(), flush=True)
+    rows = summary_rows(workdir, out)
+    if jax.process_index() == 0:
+        observe.write_json(os.path.join(workdir, observe.SUMMARY_FILE), {"workdir": os.path.abspath(workdir),
+                                                                          "phases": rows})
+        rows = [dict(r, outputs=[os.path.relpath(p, workdir) for p in r["outputs"]]) for r in rows]
+        print(f"curriculum summary of {workdir} ({observe.SUMMARY_FILE}; paths relative to it):\n"
+              + observe.summary_table(rows, ("phase", "status", "time", "steps", "final loss", "outputs")), flush=True)
     return out
+
+
+def summary_rows(workdir: str, out: dict) -> list[dict]:
+    """One row per phase run or skipped now: status, time, steps, final loss and where its outputs are."""
+    rows = []
+    for phase, s in out.items():
+        row = {"phase": phase, "status": "skipped (done before)" if s.get("skipped") else "done",
+               "time": s.get("seconds"), "steps": s.get("steps"), "final loss": s.get("final_loss"), "outputs": []}
+        pdir = os.path.join(workdir, phase)
+        if phase in ("stage1", "stage2"):
+            row["outputs"] = [s.get("checkpoints", os.path.join(pdir, "checkpoints"))]
+            if os.path.isdir(os.path.join(pdir, observe.TENSORBOARD_DIR)):
+                row["outputs"].append(os.path.join(pdir, observe.TENSORBOARD_DIR))
+        elif phase == "synthesis":
+            row["steps"] = f"{s.get('accepted', '?')}/{s.get('clips', '?')} clips accepted"
+            row["outputs"] = [os.path.join(pdir, "records")]
+        elif phase == "export":
+            row["outputs"] = [s.get("out", os.path.join(pdir, "diffusers"))]
+        elif phase == "eval":
+            row["outputs"] = [os.path.join(pdir, n) for n in ("table.md", "grid.gif")]
+        rows.append(row)
+    return rows

@@ -18,7 +18,7 @@ import os
 import jax
 import numpy as np
 
-from dreamactor_jax.curriculum.animate import Animator
+from dreamactor_jax.animate import Animator
 from dreamactor_jax.data.procedural import dataset as proc
 from dreamactor_jax.eval import metrics
 

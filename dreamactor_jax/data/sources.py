@@ -113,6 +113,38 @@ def make_source(config: ml_collections.ConfigDict, text_dim: int) -> Callable[[i
     raise ValueError(f"config.data.source={d.source!r} is unknown; available: {SOURCES}")
 
 
+PREVIEW_SOURCES = ("validation", "train")
+
+
+def preview_batch(config: ml_collections.ConfigDict, text_dim: int, n: int, which: str = "validation") -> dict:
+    """A fixed batch of ``n`` examples for sample previews (host numpy latents, the schema of ``data/schema.py``).
+
+    ``validation``: examples 0..n-1 of the procedural generator's validation split (identities and motions
+    held out of training), encoded by the run's codec and driven as ``config.data.stage`` trains (pose
+    render or RGB), with the tiny text encoder; whatever the training source. ``train``: the first ``n``
+    examples of training batch 0 (the same on every process; not held out), for runs whose data or text
+    the generator cannot stand in for.
+    """
+    d = config.data
+    if which == "validation":
+        enc = EncodeExample(codec_from(config), TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed),
+                            d.stage, d.motion_masked_frames)
+        pcfg = procedural_config(config, "validation")
+        exs = [enc.map(proc.make_example("validation", i, pcfg)) for i in range(n)]
+        return {k: np.stack([e[k] for e in exs]) for k in exs[0]}
+    if which == "train":
+        batch = make_source(config, text_dim)(0)
+        if jax.process_count() > 1:  # each process holds its own slice: everyone previews process 0's
+            from jax.experimental import multihost_utils
+
+            batch = jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(batch))
+        if batch["target"].shape[0] < n:
+            raise ValueError(f"config.train.preview_examples={n} exceeds the per-process batch "
+                             f"({batch['target'].shape[0]}) of preview_source='train'")
+        return {k: np.asarray(v[:n]) for k, v in batch.items()}
+    raise ValueError(f"config.train.preview_source={which!r}; choose one of {PREVIEW_SOURCES}")
+
+
 def _mix_draw(seed: int, step: int) -> float:
     return float(np.random.default_rng([seed, step, 0x313]).random())
 

@@ -1,4 +1,4 @@
-"""Video files <-> uint8 RGB frames with PyAV (``av``; its wheel bundles FFmpeg and libx264).
+"""Video files <-> uint8 RGB frames with PyAV (``av``; its wheel bundles FFmpeg and libx264), and GIFs (Pillow).
 
 Frames are (T, H, W, 3) uint8. Resizing keeps the aspect ratio: scale so the frame covers the target
 (``fit``), then crop the centre; :class:`Fit` carries that map so keypoints can follow the pixels.
@@ -135,3 +135,14 @@ def write_video(path: str, frames_thw3: np.ndarray, fps: float = 8.0, crf: int =
                 c.mux(packet)
         for packet in stream.encode():  # flush the encoder's delayed frames
             c.mux(packet)
+
+
+def write_gif(path: str, frames_thw3: np.ndarray, fps: float = 8.0) -> None:
+    """Writes (T, H, W, 3) uint8 frames as a looping animated GIF."""
+    from PIL import Image
+
+    frames = np.asarray(frames_thw3)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"write_gif: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)

@@ -51,8 +51,12 @@ def schedule(steps: int, shift: float) -> jax.Array:
 
 
 def sample(model, reference_b1hwc, motion_bthwc, text_ble, text_mask_bl, rng, scfg: SamplerConfig,
-           motion_valid_bt=None):
-    """Generates the target (left half) for a batch of conditions; returns latents (B,T,H,W,C) in f32."""
+           motion_valid_bt=None, noise_bthwc=None):
+    """Generates the target (left half) for a batch of conditions; returns latents (B,T,H,W,C) in f32.
+
+    The initial noise over the whole canvas (B,T,H,2W,C) is drawn from ``rng``, or is ``noise_bthwc`` when
+    given (so another implementation, e.g. ``examples/serve_torch.py``, can start from the same noise).
+    """
     b, t, h, w, c = motion_bthwc.shape
     motion = canvas.masked_motion(motion_bthwc, motion_valid_bt)
     cond = canvas.condition_canvas(reference_b1hwc, motion_bthwc, motion_valid_bt)
@@ -60,7 +64,12 @@ def sample(model, reference_b1hwc, motion_bthwc, text_ble, text_mask_bl, rng, sc
     given = mask[..., :1] > 0
     # Ground truth of the given regions: reference at frame 0 (left), motion (right); zeros elsewhere.
     x0_given = canvas.join_halves(jnp.zeros_like(motion).at[:, :1].set(reference_b1hwc), motion)
-    noise = jax.random.normal(rng, (b, t, h, 2 * w, c), jnp.float32)
+    if noise_bthwc is None:
+        noise = jax.random.normal(rng, (b, t, h, 2 * w, c), jnp.float32)
+    elif noise_bthwc.shape != (b, t, h, 2 * w, c):
+        raise ValueError(f"noise must cover the canvas {(b, t, h, 2 * w, c)}, got {noise_bthwc.shape}")
+    else:
+        noise = jnp.asarray(noise_bthwc, jnp.float32)
     tok_given = canvas.token_given(mask, model.cfg.patch_size)
     sigmas = schedule(scfg.steps, scfg.shift)
     use_cfg = scfg.guidance != 1.0

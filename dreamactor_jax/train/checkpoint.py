@@ -125,6 +125,22 @@ def read_meta(directory: str, step: int | None = None) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
+def read_json_item(directory: str, item: str = "config", step: int | None = None) -> dict | None:
+    """A JSON item (``meta`` or ``config``) of ``step`` (default: the newest); None when the step has none."""
+    if item not in JSON_ITEMS:
+        raise ValueError(f"unknown JSON item {item!r}; JSON items are {JSON_ITEMS}")
+    mngr = manager(directory, read_only=True)
+    try:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {directory}")
+        if not os.path.isdir(os.path.join(step_dir(directory, step), item)):
+            return None
+        return mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
+    finally:
+        mngr.close()
+
+
 def restore_item(directory: str, item: str, target: Any = None, step: int | None = None) -> Any:
     """Restores one array item. ``target``: a pytree of ShapeDtypeStructs (with shardings) to reshard onto;
     None restores as saved (host-local arrays)."""

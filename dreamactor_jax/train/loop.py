@@ -29,7 +29,7 @@ from dreamactor_jax.models.build import count_params, init_params, model_config
 from dreamactor_jax.models.config import WanConfig
 from dreamactor_jax.parallel import rules, shard
 from dreamactor_jax.parallel.mesh import make_mesh
-from dreamactor_jax.train import abstract, checkpoint, guards, optim
+from dreamactor_jax.train import abstract, checkpoint, flops, guards, observe, optim
 from dreamactor_jax.train import state as state_lib
 from dreamactor_jax.train.guards import NonFiniteError  # noqa: F401 (re-exported: callers catch loop.NonFiniteError)
 
@@ -317,11 +317,32 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
     key = jax.random.key(config.seed)
     tokens = d.batch_size * d.frames * d.height * 2 * d.width // math.prod(mcfg.patch_size)
     run_config = json.loads(config.to_json_best_effort())
+    step_flops = flops.forward_flops(mcfg, batch=d.batch_size, frames=d.frames, height=d.height, width=2 * d.width,
+                                     text_len=d.text_len,
+                                     per_token_timesteps=config.objective.given_region == "clean").train
+    throughput = observe.Throughput(step_flops, tokens, mesh.devices.size, jax.devices()[0].device_kind,
+                                    float(t.get("peak_flops_per_device", 0.0)))
+    say(throughput.describe())
+    profiler = observe.ProfileWindow(observe.parse_profile_steps(t.get("profile_steps", "")),
+                                     os.path.join(workdir, observe.PROFILE_DIR), jax.process_index(),
+                                     jax.process_count(), say)
+    previewer = None
+    if int(t.get("preview_every", 0)) > 0:
+        from dreamactor_jax.train.preview import Previewer
+
+        previewer = Previewer(config, mcfg, mesh, workdir, main=main)
+    mlog = observe.MetricLog(workdir, enabled=main, tensorboard=bool(t.get("tensorboard", True)), say=say)
+    if previewer is not None:
+        previewer.log = mlog
+    if mlog.tensorboard_dir:
+        mlog.config(run_config)
+        say(f"tensorboard: tensorboard --logdir={mlog.tensorboard_dir}")
 
     history: list[dict] = []
     clock = {"t": time.perf_counter(), "step": start}
+    timing = {"setup": clock["t"] - t0, "preview": 0.0, "previews": 0}
 
-    def finish(done: int, metrics, log) -> None:
+    def finish(done: int, metrics) -> None:
         """Checks (and at log steps records) one finished step's metrics."""
         nonlocal skipped
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -334,14 +355,17 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
         now = time.perf_counter()
         sps = (done - clock["step"]) / max(now - clock["t"], 1e-9)
         clock.update(t=now, step=done)
-        m.update(step=done, lr=float(setup.schedule(done - 1)), steps_per_s=sps, tokens_per_s=sps * tokens,
-                 skipped_steps=skipped)
+        rates = throughput.rates(sps)
+        step_metrics = dict(m)
+        m.update(step=done, lr=float(setup.schedule(done - 1)), steps_per_s=sps, tokens_per_s=rates["tokens_per_s"],
+                 skipped_steps=skipped, model_flops_per_s=rates["model_flops_per_s"])
+        if "mfu" in rates:
+            m["mfu"] = rates["mfu"]
         history.append(m)
-        if main:
-            log.write(json.dumps(m) + "\n")
-            log.flush()
-        say(f"step {done}/{t.steps} loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f} "
-            f"{sps:.2f} steps/s {sps * tokens:.0f} tokens/s")
+        tb = {f"train/{k}": v for k, v in step_metrics.items()}
+        tb.update({"train/lr": m["lr"], "perf/steps_per_s": sps, **{f"perf/{k}": v for k, v in rates.items()}})
+        mlog.scalars(done, m, tb)
+        say(observe.progress_line(done, t.steps, m, sps, rates))
 
     def save(done: int) -> None:
         saver.save(done, params=state.params, opt_state=state.opt_state, ema=state.ema, model_cfg=mcfg,
@@ -351,36 +375,84 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
                                "per_step": "jax.random.fold_in(jax.random.key(seed), step_index)"},
                        "skipped_steps": skipped, "mesh": dict(mesh.shape)})
 
+    def preview(done: int) -> None:
+        dt = previewer(done, state.params)
+        clock["t"] += dt  # a preview is not training: keep it out of steps/s
+        timing["preview"] += dt
+        timing["previews"] += 1
+
     done, preempted, pending = start, False, None
     try:
-        with open(log_path, "a") as log, jax.set_mesh(mesh), rules.use_rules(sp.rules):
+        with jax.set_mesh(mesh), rules.use_rules(sp.rules):
             for i in range(start, t.steps):
+                profiler.before(i + 1)
                 host = source(i)  # batch i is a pure function of (config, i): resuming sees the same batches
                 schema.validate_batch(host, expected)
                 state, metrics = step_fn(state, put_batch(host, sp.batch), jax.random.fold_in(key, i))
                 if pending is not None:
-                    finish(*pending, log)  # fetches step i-1's metrics while step i runs
+                    finish(*pending)  # fetches step i-1's metrics while step i runs
                 done, pending = i + 1, (i + 1, metrics)
+                profiler.after(done, metrics)
                 preempted = preempt.reached(done, mngr)
                 if preempted or done % t.checkpoint_every == 0 or done == t.steps:
-                    finish(*pending, log)  # a step is checked before its state can be saved
+                    finish(*pending)  # a step is checked before its state can be saved
                     pending = None
                     save(done)
+                if previewer is not None and previewer.due(done) and not preempted:
+                    preview(done)
                 if preempted:
                     break
             if pending is not None:
-                finish(*pending, log)
+                finish(*pending)
             if saver.last_good != done and saver.inflight != done:
                 save(done)  # e.g. resume_from a checkpoint already at config.train.steps
             saver.wait()
     except BaseException:
+        profiler.stop()
         saver.close_quietly(say)
+        mlog.close()
         raise
+    profiler.stop()
     mngr.close()
+    mlog.close()
     if preempted:
         say(f"preempted: saved checkpoint step {done} to {checkpoint.step_dir(ckpt_dir, done)}; exiting cleanly")
     jax.block_until_ready(state)
     final = history[-1]["loss"] if history else float("nan")
-    return {"steps": done, "target_steps": t.steps, "start_step": start, "start": plan.kind, "preempted": preempted,
-            "skipped_steps": skipped, "final_loss": final, "history": history, "seconds": time.perf_counter() - t0,
-            "state": state, "graphdef": setup.graphdef, "checkpoints": ckpt_dir}
+    seconds = time.perf_counter() - t0
+    outputs = {"config": os.path.join(workdir, "config.json"), "metrics": log_path, "checkpoints": ckpt_dir}
+    if mlog.tensorboard_dir:
+        outputs["tensorboard"] = mlog.tensorboard_dir
+    if previewer is not None and previewer.written:
+        outputs["previews"] = previewer.dir
+    if profiler.traced:
+        outputs["profile"] = profiler.logdir
+    report = {"steps": done, "target_steps": t.steps, "start_step": start, "start": plan.kind,
+              "preempted": preempted, "skipped_steps": skipped, "final_loss": final, "seconds": seconds,
+              "setup_seconds": timing["setup"], "preview_seconds": timing["preview"], "previews": timing["previews"],
+              "profiled_steps": profiler.traced, "outputs": outputs}
+    if main:
+        observe.write_json(os.path.join(workdir, observe.SUMMARY_FILE), report)
+        say(_summary_table(report, history, workdir))
+    return {**report, "history": history, "state": state, "graphdef": setup.graphdef, "checkpoints": ckpt_dir}
+
+
+def _summary_table(r: dict, history: list[dict], workdir: str) -> str:
+    """The end-of-run table (paths relative to the workdir): setup, training, and previews / profile if any."""
+    train_s = r["seconds"] - r["setup_seconds"] - r["preview_seconds"]
+    sps = [h["steps_per_s"] for h in history[1:]] or [h["steps_per_s"] for h in history]  # the first has the compile
+    o = {k: os.path.relpath(v, workdir) + ("" if k in ("config", "metrics") else "/") for k, v in r["outputs"].items()}
+    rows = [{"phase": "setup", "time": r["setup_seconds"], "outputs": [o["config"]]},
+            {"phase": "train", "time": train_s, "steps": f"{r['start_step']}->{r['steps']} of {r['target_steps']}",
+             "final loss": r["final_loss"],
+             "outputs": [o["checkpoints"], o["metrics"]] + ([o["tensorboard"]] if "tensorboard" in o else [])}]
+    if r["previews"]:
+        rows.append({"phase": "previews", "time": r["preview_seconds"], "steps": f"{r['previews']} x sampled",
+                     "outputs": [o.get("previews")]})
+    if r["profiled_steps"]:
+        rows.append({"phase": "profile", "steps": f"{r['profiled_steps'][0]}-{r['profiled_steps'][-1]}",
+                     "outputs": [o["profile"]]})
+    rate = f", median {sorted(sps)[len(sps) // 2]:.2f} steps/s" if sps else ""
+    status = "preempted" if r["preempted"] else "finished"
+    return (f"summary of {workdir} ({status} after {observe.format_seconds(r['seconds'])}{rate}; "
+            f"{observe.SUMMARY_FILE}):\n" + observe.summary_table(rows))
