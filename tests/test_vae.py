@@ -393,3 +393,57 @@ def test_video_file_round_trip(pair, tmp_path):
     assert back.shape == (9, H, W_, 3) and back.dtype == np.uint8
     assert video_io.probe(out).fps == 16
     assert os.path.getsize(out) > 0
+
+
+def test_latents_files_round_trip(tmp_path):
+    lat = np.random.default_rng(8).standard_normal((3, 2, 3, 5)).astype(np.float32)
+    for name in ("lat.npy", "lat.safetensors"):
+        base.save_latents(tmp_path / name, lat)
+        assert np.array_equal(base.load_latents(tmp_path / name), lat)
+    with pytest.raises(ValueError, match="lat.pt: latents are written as .npy or .safetensors"):
+        base.save_latents(tmp_path / "lat.pt", lat)
+
+
+@pytest.mark.slow
+def test_launcher_convert_encode_decode(pair, tmp_path, repo_root):
+    import json
+    import subprocess
+    import sys
+
+    from dreamactor_jax.data import video_io
+
+    tm, _, _ = pair
+    orig = C.original_names(CFG)
+    pth = tmp_path / "vae" / "Wan2.1_VAE.pth"
+    pth.parent.mkdir()
+    torch.save({orig[k]: v.clone() for k, v in tm.state_dict().items()}, pth)
+    with open(pth.parent / C.CONFIG_NAME, "w") as f:  # a non-default architecture: say so beside the .pth
+        json.dump(C.diffusers_config(CFG), f)
+    video_io.write_video(tmp_path / "in.mp4", base.to_uint8(_pixels(9, seed=9)[0]), fps=16)
+
+    def run(*args):
+        out = subprocess.run(
+            [sys.executable, str(repo_root / "launch" / "vae.py"), *args],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert run("convert", f"--src={pth.parent}", f"--out={tmp_path / 'vae_diffusers'}")["layout"] == "original"
+    enc = run(
+        "encode",
+        f"--weights={tmp_path / 'vae_diffusers'}",
+        f"--video={tmp_path / 'in.mp4'}",
+        f"--out={tmp_path / 'lat.safetensors'}",
+    )
+    assert enc["latents"] == [3, 2, 3, 5]
+    dec = run(
+        "decode",
+        f"--weights={tmp_path / 'vae_diffusers'}",
+        f"--latents={tmp_path / 'lat.safetensors'}",
+        f"--out={tmp_path / 'out.mp4'}",
+    )
+    assert dec["frames"] == 9 and video_io.read_video(tmp_path / "out.mp4").shape == (9, H, W_, 3)

@@ -192,3 +192,31 @@ def decode_to_video_file(
         blocks = iter([to_uint8(np.asarray(codec.decode(lat))[0])])
     frames = _write_stream(path, blocks, fps, crf)
     return {"path": os.path.abspath(path), "frames": frames, "fps": fps}
+
+
+def save_latents(path: str, latents: Any) -> None:
+    """Latents to ``.npy`` or ``.safetensors`` (one tensor named ``latents``), float32."""
+    from dreamactor_jax.convert.safetensors_io import Spec, write_file
+
+    a = np.ascontiguousarray(np.asarray(latents, np.float32))
+    if str(path).endswith(".safetensors"):
+        write_file(str(path), [Spec("latents", a.shape, a.dtype)], iter([("latents", a)]))
+    elif str(path).endswith(".npy"):
+        np.save(path, a)
+    else:
+        raise ValueError(f"{path}: latents are written as .npy or .safetensors")
+
+
+def load_latents(path: str) -> np.ndarray:
+    """Latents from ``.npy`` (never unpickled) or ``.safetensors`` (its one tensor, or the one named ``latents``)."""
+    from dreamactor_jax.convert.safetensors_io import SafetensorsFile
+
+    if str(path).endswith(".safetensors"):
+        f = SafetensorsFile(str(path))
+        keys = f.keys()
+        if "latents" not in keys and len(keys) != 1:
+            raise ValueError(f"{path}: expected one tensor or one named 'latents', found {keys}")
+        return np.asarray(f.get("latents" if "latents" in keys else keys[0]), np.float32)
+    if str(path).endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    raise ValueError(f"{path}: latents are read from .npy or .safetensors")

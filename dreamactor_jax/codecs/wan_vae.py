@@ -238,6 +238,7 @@ class WanVAE:
         else:
             regions, blend, stride, size = tiles
         caches: dict[tuple[int, int], Any] = {}
+        previous = None
         for k, (chunk, valid) in enumerate(chunks):
             grid = []
             for i, row in enumerate(regions):
@@ -248,6 +249,11 @@ class WanVAE:
                     out_row.append(out)
                 grid.append(out_row)
             out = grid[0][0] if tiles is None else _assemble(grid, blend, stride, size)
+            # Dispatch is asynchronous: without a bound, a long clip's chunk inputs would all be copied to the
+            # device up front. Waiting for the chunk before this one keeps at most two chunks in flight.
+            if previous is not None:
+                jax.block_until_ready(previous)
+            previous = out
             n = out_frames(k, valid)
             yield out if n == out.shape[1] else out[:, :n]
 
