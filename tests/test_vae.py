@@ -305,8 +305,9 @@ def test_tiled_model_parity_with_diffusers(pair):
     finally:
         tm.disable_tiling()
     untiled = np.asarray(W.WanVAE.from_pretrained(str(path)).encode_moments(x))
-    # Tiles see zero padding at their borders: tiled != untiled. Measured ~0.2 on this random model (max |mu|
-    # ~0.5); a loose bound only guards against gross errors, the exact check is the parity above.
+    # Tiles see zero padding at their borders: tiled != untiled. Measured 0.37 on this random model with 16-pixel
+    # tiles (max |moments| 0.66; real weights with 256-pixel tiles differ far less); a loose bound only guards
+    # against gross errors, the exact check is the parity with diffusers' tiled output above.
     assert np.abs(mom - untiled).max() < 1.0
 
 
@@ -321,8 +322,9 @@ def test_longer_chunks_whole_clip_decode_and_sharded_batch_equal_default(pair):
     z = ref[..., :5]
     dec = np.asarray(codec.vae.decode_raw(z))
     assert np.abs(dec - np.asarray(codec.vae.decode_raw(z, whole_clip=True))).max() <= 1e-5
-    eight = W.WanVAE.from_pretrained(str(path), chunk_frames=8)
+    eight = W.WanVAE.from_pretrained(str(path), chunk_frames=8, decode_chunk=2)
     assert np.abs(np.asarray(eight.encode_moments(x)) - ref).max() <= 1e-5
+    assert np.abs(np.asarray(eight.decode_raw(z)) - dec).max() <= 1e-5
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
     xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
     out = codec.vae.encode_moments(xs)

@@ -188,10 +188,17 @@ class WanVAE:
 
     @classmethod
     def from_pretrained(
-        cls, path: str, config: Any = None, *, dtype: str | None = None, param_dtype: str | None = None, **kw
+        cls,
+        path: str,
+        config: Any = None,
+        *,
+        dtype: str | None = None,
+        param_dtype: str | None = None,
+        precision: str | None = None,
+        **kw,
     ) -> WanVAE:
         """Loads a diffusers VAE directory / safetensors file or an original ``Wan2.1_VAE.pth``."""
-        runtime = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v is not None}
+        runtime = _runtime(dtype=dtype, param_dtype=param_dtype, precision=precision)
         cfg, flat = convert.read_weights(path, config, **runtime)
         return cls(convert.build_model(cfg, flat), **kw)
 
@@ -335,6 +342,10 @@ class WanVAE:
         return _collect(self.decode_iter([z_bthwc]), z_bthwc)
 
 
+def _runtime(**kw) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
 def _prepend(first, rest: Iterator) -> Iterator:
     yield first
     yield from rest
@@ -360,6 +371,8 @@ class WanVAECodec:
       config: architecture: a preset name (``"wan2.1"``, ``"tiny"``), a diffusers config dict or a
         :class:`~dreamactor_jax.codecs.wan_vae_layers.WanVAEConfig`; by default the checkpoint's config.json.
       dtype / param_dtype: compute / storage dtype ("float32", "bfloat16").
+      precision: "highest" for full float32 convolutions on GPU/TPU (default: the backend's).
+      clip_output: clamp decoded pixels to [-1, 1] (default True, as diffusers).
       chunk_frames: frames per encoder chunk after frame 0 (a multiple of 4; diffusers: 4).
       decode_chunk: latent frames per decoder chunk (diffusers: 1).
       tiling: None/False (off), True (diffusers' defaults: 256-pixel tiles every 192) or a :class:`Tiling`/dict.
@@ -377,6 +390,8 @@ class WanVAECodec:
         seed: int = 0,
         dtype: str | None = None,
         param_dtype: str | None = None,
+        precision: str | None = None,
+        clip_output: bool | None = None,
         chunk_frames: int | None = None,
         decode_chunk: int = 1,
         tiling: Any = None,
@@ -385,7 +400,7 @@ class WanVAECodec:
         latent_channels: int | None = None,
     ):
         weights = weights or os.environ.get(WEIGHTS_ENV) or None
-        runtime = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v is not None}
+        runtime = _runtime(dtype=dtype, param_dtype=param_dtype, precision=precision, clip_output=clip_output)
         if weights is not None:
             cfg, flat = convert.read_weights(weights, config, **runtime)
         elif config is not None:
@@ -448,6 +463,8 @@ class WanVAECodec:
         """Normalised latents (B, T', h, w, z_dim) -> (B, 4(T'-1)+1, 8h, 8w, 3) pixels clipped to [-1, 1]."""
         check_latents(latents_bthwc, self.latent_channels, "wan_vae.decode")
         x = self.vae.decode_raw(self.denormalize(latents_bthwc))
+        if not self.cfg.clip_output:
+            return x
         return np.clip(x, -1.0, 1.0) if isinstance(x, np.ndarray) else jnp.clip(x, -1.0, 1.0)
 
     def decode_iter(self, latents_bthwc: Any) -> Iterator[jax.Array]:
@@ -456,4 +473,4 @@ class WanVAECodec:
         n = self.vae.decode_chunk
         blocks = (self.denormalize(latents_bthwc[:, i : i + n]) for i in range(0, np.shape(latents_bthwc)[1], n))
         for x in self.vae.decode_iter(blocks):
-            yield jnp.clip(x, -1.0, 1.0)
+            yield jnp.clip(x, -1.0, 1.0) if self.cfg.clip_output else x

@@ -51,6 +51,7 @@ EXPORT_DTYPES = {
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
 }
 _MIN_DIFFUSERS = "0.33.0"  # first diffusers release with AutoencoderKLWan
+_PREFIXES = ("first_stage_model.", "vae.", "model.")  # stripped when every tensor name carries one
 
 Path = tuple[str, ...]
 # Our module names that differ from diffusers' (a Sequential index became an attribute).
@@ -290,6 +291,11 @@ def open_weights(path: str, config: Any = None) -> WeightSource:
             for k, info in st.tensors.items():
                 stored[k] = lambda st=st, k=k: st.get(k)
                 shapes[k] = info.shape
+    for prefix in _PREFIXES:  # checkpoints saved from a wrapping model (ComfyUI and others)
+        if shapes and all(k.startswith(prefix) for k in shapes):
+            stored = {k[len(prefix) :]: v for k, v in stored.items()}
+            shapes = {k[len(prefix) :]: v for k, v in shapes.items()}
+            break
     layout = detect_layout(shapes)
     if layout == "original":
         cfg = _config_for(config_json, config)

@@ -28,6 +28,7 @@ The weights are replicated on a mesh (127M parameters, 0.5 GB in float32): their
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,7 @@ from flax import nnx
 
 from dreamactor_jax.models.layers import param
 
+log = logging.getLogger(__name__)
 CACHE_T = 2  # frames a 3-tap causal convolution carries between chunks (diffusers' CACHE_T)
 
 WAN21_LATENTS_MEAN = (
@@ -97,7 +99,9 @@ ARCH_FIELDS = (
     "scale_factor_spatial",
 )
 CLASS_NAME = "AutoencoderKLWan"
+RUNTIME_FIELDS = ("dtype", "param_dtype", "precision", "clip_output")
 DTYPES = ("float32", "bfloat16", "float16")
+PRECISIONS = (None, "default", "high", "highest")
 
 # torch's default Conv init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 _conv_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -110,7 +114,8 @@ class WanVAEConfig:
     """Architecture of an ``AutoencoderKLWan`` (diffusers' config.json fields) plus runtime options.
 
     The defaults are the Wan2.1 VAE. Wan2.2's residual VAE (``is_residual``, ``patch_size``) and
-    ``attn_scales`` (which diffusers' decoder ignores, unlike the original release) are refused.
+    ``attn_scales`` (which diffusers' decoder ignores, unlike the original release) are refused. The runtime
+    fields (``RUNTIME_FIELDS``) are not part of diffusers' config and never change the weights.
     """
 
     # --- architecture (diffusers config.json) ---
@@ -133,6 +138,10 @@ class WanVAEConfig:
     # --- runtime ---
     dtype: str = "float32"  # compute dtype of the convolutions
     param_dtype: str = "float32"  # storage dtype of the parameters
+    # lax precision of convolutions and matmuls: None (the backend's default; GPUs and TPUs then compute
+    # float32 with reduced-precision passes) or "highest" (full float32 there; no effect on CPU).
+    precision: str | None = None
+    clip_output: bool = True  # decode clamps to [-1, 1] (diffusers' _decode); a runtime option here
 
     def __post_init__(self):
         for f in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
@@ -156,6 +165,11 @@ class WanVAEConfig:
                 f"temperal_downsample needs len(dim_mult) - 1 = {len(self.dim_mult) - 1} entries, "
                 f"got {list(self.temperal_downsample)}"
             )
+        if (self.in_channels, self.out_channels) != (3, 3):
+            bad(
+                f"in_channels/out_channels must be 3 (RGB, as the codec interface), got "
+                f"{self.in_channels}/{self.out_channels}"
+            )
         if self.num_res_blocks < 1:
             bad(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
         for name in ("latents_mean", "latents_std"):
@@ -176,6 +190,8 @@ class WanVAEConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 bad(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+        if self.precision not in PRECISIONS:
+            bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     @property
     def encoder_dims(self) -> tuple[int, ...]:
@@ -207,14 +223,18 @@ class WanVAEConfig:
 
     @classmethod
     def from_diffusers_config(cls, config: dict[str, Any], **runtime) -> WanVAEConfig:
-        """From a diffusers ``config.json`` dict (``_``-prefixed keys ignored; unknown keys refused)."""
+        """From a diffusers ``config.json`` dict (or one with runtime fields too); ``_``-prefixed keys ignored.
+
+        Fields this Wan2.1 model does not know are logged and ignored (the tensors are still checked).
+        """
         cls_name = config.get("_class_name")
         if cls_name is not None and cls_name != CLASS_NAME:
             raise ValueError(f"config.json is for {cls_name!r}, not {CLASS_NAME!r}")
-        unknown = sorted(k for k in config if not k.startswith("_") and k not in ARCH_FIELDS)
+        known = (*ARCH_FIELDS, *RUNTIME_FIELDS)
+        unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
         if unknown:
-            raise ValueError(f"config.json has fields {CLASS_NAME} (Wan2.1) does not know: {unknown}")
-        return cls(**{k: v for k, v in config.items() if k in ARCH_FIELDS}, **runtime)
+            log.warning("%s config fields not used by the Wan2.1 VAE: %s", CLASS_NAME, unknown)
+        return cls(**{**{k: v for k, v in config.items() if k in known}, **runtime})
 
 
 PRESETS = {
@@ -260,6 +280,10 @@ def _dt(name: str):
     return jnp.dtype(name)
 
 
+def _precision(name: str | None):
+    return None if name is None else jax.lax.Precision[name.upper()]
+
+
 def _kernel(rngs, shape, cfg: WanVAEConfig):
     return param(rngs, _conv_init, shape, _dt(cfg.param_dtype), (None,) * len(shape))
 
@@ -289,13 +313,14 @@ class CausalConv3d(nnx.Module):
         self.pad_hw = (pad[1], pad[2])
         self.stride_t = stride_t
         self.dtype = cfg.dtype
+        self.precision = cfg.precision
 
     def conv(self, x_bthwc: jax.Array) -> jax.Array:
         """The convolution on frames as given (no temporal padding)."""
         dt = _dt(self.dtype)
         k = self.kernel[...].astype(dt)
         if k.shape[:3] == (1, 1, 1):
-            y = jnp.einsum("bthwc,cd->bthwd", x_bthwc.astype(dt), k[0, 0, 0])
+            y = jnp.einsum("bthwc,cd->bthwd", x_bthwc.astype(dt), k[0, 0, 0], precision=_precision(self.precision))
         else:
             (ph, pw) = self.pad_hw
             y = jax.lax.conv_general_dilated(
@@ -304,6 +329,7 @@ class CausalConv3d(nnx.Module):
                 window_strides=(self.stride_t, 1, 1),
                 padding=((0, 0), (ph, ph), (pw, pw)),
                 dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                precision=_precision(self.precision),
             )
         return y + self.bias[...].astype(dt)
 
@@ -338,6 +364,7 @@ class Conv2d(nnx.Module):
         self.stride = stride
         self.padding = tuple(tuple(p) for p in padding)
         self.dtype = cfg.dtype
+        self.precision = cfg.precision
 
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
         dt = _dt(self.dtype)
@@ -345,10 +372,15 @@ class Conv2d(nnx.Module):
         k = self.kernel[...].astype(dt)
         x = x_bthwc.reshape(b * t, h, w, c).astype(dt)
         if k.shape[:2] == (1, 1) and self.stride == 1:
-            y = jnp.einsum("nhwc,cd->nhwd", x, k[0, 0])
+            y = jnp.einsum("nhwc,cd->nhwd", x, k[0, 0], precision=_precision(self.precision))
         else:
             y = jax.lax.conv_general_dilated(
-                x, k, (self.stride, self.stride), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+                x,
+                k,
+                (self.stride, self.stride),
+                self.padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=_precision(self.precision),
             )
         y = y + self.bias[...].astype(dt)
         return y.reshape(b, t, *y.shape[1:])
@@ -396,15 +428,18 @@ class AttentionBlock(nnx.Module):
         self.to_qkv = Conv2d(dim, 3 * dim, 1, cfg=cfg, rngs=rngs)
         self.proj = Conv2d(dim, dim, 1, cfg=cfg, rngs=rngs)
         self.dim = dim
+        self.precision = cfg.precision
 
     def __call__(self, x_bthwc: jax.Array) -> jax.Array:
         b, t, h, w, c = x_bthwc.shape
         qkv = self.to_qkv(self.norm(x_bthwc)).reshape(b * t, h * w, 3 * c)
 
+        prec = _precision(self.precision)
+
         def attend(qkv_lc):  # one frame at a time: one (HW, HW) score matrix in memory, not T of them
             q, k, v = (qkv_lc[:, i * c : (i + 1) * c].astype(jnp.float32) for i in range(3))
-            s = jnp.einsum("qc,kc->qk", q, k) / math.sqrt(c)
-            return jnp.einsum("qk,kc->qc", jax.nn.softmax(s, axis=-1), v)
+            s = jnp.einsum("qc,kc->qk", q, k, precision=prec) / math.sqrt(c)
+            return jnp.einsum("qk,kc->qc", jax.nn.softmax(s, axis=-1), v, precision=prec)
 
         y = jax.lax.map(attend, qkv).astype(x_bthwc.dtype).reshape(b, t, h, w, c)
         return self.proj(y) + x_bthwc
