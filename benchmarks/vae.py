@@ -9,8 +9,8 @@ input frames; decode frames/s counts output frames. Times are medians over ``--r
 Memory (``--memory_frames``): each of chunked (the default, diffusers' 1 + 4 + 4 ... frames) and whole-clip
 (one call) encode runs in a fresh subprocess, which encodes once (compiling) and then again while a thread
 samples its resident set size every 2 ms: ``rss_growth_mb`` is the peak minus the RSS before that call, taken
-after ``malloc_trim``, median of three calls (the input clip is already resident; the compiler's memory is
-excluded, ``ru_maxrss_mb``, the process's lifetime peak, includes it). Beside it,
+after ``malloc_trim``, median of three calls (the input clip is already resident and the compiler's memory is
+excluded; ``ru_maxrss`` is no use here, Linux carries the parent's peak across exec). Beside it,
 ``xla_program_mb`` is XLA's memory analysis of the largest compiled encode program (temporaries + arguments +
 outputs). Chunked stays flat as clips get longer; whole-clip grows with the frame count. One JSON line per case.
 """
@@ -22,7 +22,6 @@ import ctypes
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -97,7 +96,6 @@ def memory_child(a) -> None:
                 "rss_growth_mb": round(statistics.median(growth), 1),
                 "rss_before_mb": round(base, 1),
                 "input_mb": round(x.nbytes / 2**20, 1),
-                "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "xla_program_mb": round(xla, 1),
             }
         )
