@@ -1,6 +1,7 @@
 """Pixel records -> latent records with a codec, sharded across processes, resumable.
 
   python launch/precompute.py --src=DIR --out=DIR --codec=space_to_depth --spatial_factor=2 --latent_channels=16
+  python launch/precompute.py --src=DIR --out=DIR --codec=wan_vae --spatial_factor=8 --codec_weights=/ckpt/wan_vae
 Process i of n (``--process_index/--process_count``, default: this jax process) handles input shards
 i::n; finished output shards are skipped on a re-run. ``--text_dim > 0`` also stores caption embeddings of
 the toy text encoder (``--text_len``, ``--seed``); otherwise training encodes captions on the fly.
@@ -21,6 +22,9 @@ flags.DEFINE_string("out", None, "Output directory for latent record shards.")
 flags.DEFINE_string("codec", "space_to_depth", "Codec name (dreamactor_jax.codecs.get_codec).")
 flags.DEFINE_integer("spatial_factor", 2, "Codec spatial factor.")
 flags.DEFINE_integer("latent_channels", 16, "Codec latent channels.")
+flags.DEFINE_string("codec_weights", None, "--codec=wan_vae: a diffusers AutoencoderKLWan directory or Wan2.1_VAE.pth "
+                    "(default $DREAMACTOR_WAN_VAE).")
+flags.DEFINE_bool("codec_tiling", False, "--codec=wan_vae: encode large frames in overlapping spatial tiles.")
 flags.DEFINE_integer("batch_size", 8, "Records per encode call.")
 flags.DEFINE_integer("text_len", 512, "Text tokens stored when --text_dim > 0.")
 flags.DEFINE_integer("text_dim", 0, "Text embedding width to store (0: store no text).")
@@ -43,7 +47,10 @@ def main(argv):
         import jax  # processes work independently: jax only tells this process its place
 
         index, count = jax.process_index(), jax.process_count()
-    codec = get_codec(FLAGS.codec, spatial_factor=FLAGS.spatial_factor, latent_channels=FLAGS.latent_channels)
+    kwargs = dict(spatial_factor=FLAGS.spatial_factor, latent_channels=FLAGS.latent_channels)
+    if FLAGS.codec == "wan_vae":
+        kwargs.update(weights=FLAGS.codec_weights, tiling=FLAGS.codec_tiling)
+    codec = get_codec(FLAGS.codec, **kwargs)
     if FLAGS.umt5_dir:
         from dreamactor_jax.data.umt5 import UMT5TextEncoder
 

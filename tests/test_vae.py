@@ -347,6 +347,25 @@ def test_codec_by_name_and_latent_shape():
         get_codec("vae9")
 
 
+def test_run_config_selects_the_vae_and_its_weights(pair):
+    """config.data.codec names the codec; its weights field reaches WanVAECodec (what training and
+    precompute build through data.sources.codec_from)."""
+    import ml_collections
+
+    from dreamactor_jax.data import sources
+
+    _, ref, path = pair
+    config = ml_collections.ConfigDict({"data": sources.data_section(channels=ref.latent_channels)})
+    config.data.codec.update(name="wan_vae", spatial_factor=8, weights=str(path))
+    codec = sources.codec_from(config)
+    assert codec.name == "wan_vae" and codec.spatial_factor == 8
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 5, 16, 24, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(codec.encode(x)), np.asarray(ref.encode(x)))
+    config.data.codec.spatial_factor = 2
+    with pytest.raises(ValueError, match="spatial_factor=2"):
+        sources.codec_from(config)
+
+
 @pytest.mark.parametrize(
     "shape, match",
     [

@@ -36,8 +36,13 @@ SOURCES = ("synthetic", "procedural", "records")
 
 
 def codec_from(config: ml_collections.ConfigDict):
+    """The codec ``config.data.codec`` names, with the run's latent channels; the Wan VAE also takes its weights."""
     c = config.data.codec
-    return get_codec(c.name, spatial_factor=c.spatial_factor, latent_channels=config.data.channels)
+    kwargs = dict(spatial_factor=c.spatial_factor, latent_channels=config.data.channels)
+    if c.name == "wan_vae":
+        # weights '' falls back to $DREAMACTOR_WAN_VAE (codecs.wan_vae.WanVAECodec)
+        kwargs.update(weights=c.get("weights") or None, tiling=bool(c.get("tiling", False)))
+    return get_codec(c.name, **kwargs)
 
 
 def procedural_config(config: ml_collections.ConfigDict, split: str | None = None) -> proc.ProceduralConfig:
@@ -164,7 +169,9 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
     c.motion_masked_frames = 4  # latent frames with the driving signal masked (first second)
     c.records_dir = ""  # ArrayRecord directory for source='records'
     c.pose_mix = 0.0  # fraction of batches drawn from stage-1 pose data instead (stage 2 mixing)
-    c.codec = ml_collections.ConfigDict(dict(name="space_to_depth", spatial_factor=2))
+    # name: 'space_to_depth' (exact, tiny runs) | 'wan_vae' (spatial_factor 8; weights: a diffusers
+    # AutoencoderKLWan dir or Wan2.1_VAE.pth; tiling: spatial tiles for large frames)
+    c.codec = ml_collections.ConfigDict(dict(name="space_to_depth", spatial_factor=2, weights="", tiling=False))
     c.procedural = ml_collections.ConfigDict(dict(
         num_examples=1_000_000,  # examples per epoch of the generator
         body_plans=("humanoid", "quadruped", "cartoon", "bird"),
