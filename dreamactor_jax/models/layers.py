@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dreamactor_jax.models import ops
+
 Axes = Sequence[str | None]
 
 xavier_uniform = nnx.initializers.xavier_uniform()
@@ -84,9 +86,8 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (y * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+        y = ops.scale_by(ops.rms_normalize(x, self.eps), self.weight[...].astype(jnp.float32))
+        return y.astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -102,12 +103,9 @@ class LayerNorm(nnx.Module):
             self.bias = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = ops.layer_normalize(x, self.eps)
         if self.weight is not None:
-            y = y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+            y = ops.scale_by(y, self.weight[...].astype(jnp.float32)) + self.bias[...].astype(jnp.float32)
         return y
 
 

@@ -22,6 +22,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from dreamactor_jax.models import attention as attn_lib
 from dreamactor_jax.models import lora as lora_lib
+from dreamactor_jax.models import ops
 from dreamactor_jax.models.config import WanConfig
 from dreamactor_jax.models.layers import FeedForward, LayerNorm, Linear, RMSNorm, param, xavier_uniform, zeros
 from dreamactor_jax.parallel import sequence as seq_lib
@@ -192,12 +193,13 @@ class TransformerBlock(nnx.Module):
     def __call__(self, x, ctx, ctx_mask, tproj, rope, img=None):
         shift, scale, gate, c_shift, c_scale, c_gate = _modulation(self.scale_shift_table, tproj, 6)
         dt = x.dtype
-        h = (self.norm1(x) * (1.0 + scale) + shift).astype(dt)
-        x = (x.astype(jnp.float32) + self.attn1(h, rope=rope).astype(jnp.float32) * gate).astype(dt)
+        # ops.scale_by: the broadcast products' gradients (d scale, d gate) are contractions (see ops.py).
+        h = (ops.scale_by(self.norm1(x), 1.0 + scale) + shift).astype(dt)
+        x = (x.astype(jnp.float32) + ops.scale_by(self.attn1(h, rope=rope).astype(jnp.float32), gate)).astype(dt)
         h = self.norm2(x).astype(dt)
         x = x + self.attn2(h, ctx, ctx_mask, img_bmd=img).astype(dt)
-        h = (self.norm3(x) * (1.0 + c_scale) + c_shift).astype(dt)
-        x = (x.astype(jnp.float32) + self.ffn(h).astype(jnp.float32) * c_gate).astype(dt)
+        h = (ops.scale_by(self.norm3(x), 1.0 + c_scale) + c_shift).astype(dt)
+        x = (x.astype(jnp.float32) + ops.scale_by(self.ffn(h).astype(jnp.float32), c_gate)).astype(dt)
         return x
 
 
@@ -291,7 +293,7 @@ class WanTransformer3DModel(nnx.Module):
         h = self._run_blocks(h, ctx, text_mask_bl, tproj, rope, img)
 
         shift, scale = _modulation(self.scale_shift_table, temb, 2, shared=True)
-        h = (self.norm_out(h) * (1.0 + scale) + shift).astype(dtype)
+        h = (ops.scale_by(self.norm_out(h), 1.0 + scale) + shift).astype(dtype)
         out = self.proj_out(h)  # (B, N, pt·ph·pw·C_out)
         out = out.reshape(b, gt, gh, gw, pt, ph, pw, cfg.out_channels).transpose(0, 1, 4, 2, 5, 3, 6, 7)
         return out.reshape(b, tt, hh, ww, cfg.out_channels).astype(jnp.float32)
