@@ -113,17 +113,16 @@ def _flash_unblocks(x_nbhqd):
     return x_nbhqd.transpose(1, 2, 0, 3, 4).reshape(b, h, nb * bq, d)
 
 
-def _flash_scores(q_bhqd, k_bhkd, bias_b11k, scale):
-    s = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd, preferred_element_type=jnp.float32) * scale
+def _flash_scores(q_bhqd, k_bhkd, bias_b11k):
+    s = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd, preferred_element_type=jnp.float32)
     return s if bias_b11k is None else s + bias_b11k
 
 
 def _flash_forward(q, k, v, bias, block_q):
-    """Returns the output (B, H, Q, D) and the row log-sum-exp (Q/bq, B, H, bq), f32."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    """Output (B, H, Q, D) and row log-sum-exp (Q/bq, B, H, bq) f32, for queries already scaled by 1/sqrt(D)."""
 
     def one(q_blk):
-        s = _flash_scores(q_blk, k, bias, scale)
+        s = _flash_scores(q_blk, k, bias)
         m = jnp.max(s, axis=-1, keepdims=True)
         p = jnp.exp(s - m)
         denom = jnp.sum(p, axis=-1, keepdims=True)
@@ -145,23 +144,35 @@ def _flash_fwd(q, k, v, bias, block_q):
 
 
 def _flash_bwd(block_q, res, do):
+    """FlashAttention-2's backward over query blocks, with each block's scores laid out key-major (B, H, K, bq).
+
+    Same math as the query-major layout; on XLA:CPU it is 1.3-1.5x faster, because then dV and dK
+    are plain (K, bq) @ (bq, D) products and dQ takes the library's transposed-operand kernel
+    (benchmarks/attention.py).
+    """
     q, k, v, bias, o, lse = res
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)  # (B, H, Q, 1)
+    # rowsum(dO * O) as a contraction: XLA:CPU runs a multiply+reduce fusion many times slower (models/ops.py)
+    delta = jnp.einsum("bhqd,bhqd->bhq", do, o, preferred_element_type=jnp.float32)  # (B, H, Q)
+    bias_t = None if bias is None else jnp.swapaxes(bias, -1, -2)  # (B, 1, K, 1)
 
     def body(carry, xs):
         dk, dv = carry
-        q_blk, do_blk, lse_blk, delta_blk = xs
-        p = jnp.exp(_flash_scores(q_blk, k, bias, scale) - lse_blk[..., None])  # (B, H, bq, K) f32
-        dv = dv + jnp.einsum("bhqk,bhqd->bhkd", p.astype(do.dtype), do_blk, preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bhqd,bhkd->bhqk", do_blk, v, preferred_element_type=jnp.float32)
-        ds = p * (dp - delta_blk[..., 0][..., None]) * scale
-        dq = jnp.einsum("bhqk,bhkd->bhqd", ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
-        dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds.astype(q.dtype), q_blk, preferred_element_type=jnp.float32)
+        q_blk, do_blk, lse_blk, delta_blk = xs  # (B, H, bq, D) x2, (B, H, bq) x2
+        s_t = jnp.einsum("bhkd,bhqd->bhkq", k, q_blk, preferred_element_type=jnp.float32)
+        if bias_t is not None:
+            s_t = s_t + bias_t
+        p_t = jnp.exp(s_t - lse_blk[:, :, None, :])  # (B, H, K, bq) f32
+        dv = dv + jnp.einsum("bhkq,bhqd->bhkd", p_t.astype(do.dtype), do_blk, preferred_element_type=jnp.float32)
+        dp_t = jnp.einsum("bhkd,bhqd->bhkq", v, do_blk, preferred_element_type=jnp.float32)
+        ds_t = p_t * (dp_t - delta_blk[:, :, None, :])
+        dk = dk + jnp.einsum("bhkq,bhqd->bhkd", ds_t.astype(q.dtype), q_blk, preferred_element_type=jnp.float32)
+        dq = jnp.einsum("bhkq,bhkd->bhqd", ds_t.astype(k.dtype), k, preferred_element_type=jnp.float32)
         return (dk, dv), dq.astype(q.dtype)
 
+    b, h, nq, _ = q.shape
+    delta_blocks = delta.reshape(b, h, nq // block_q, block_q).transpose(2, 0, 1, 3)
     zeros = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    xs = (_flash_blocks(q, block_q), _flash_blocks(do, block_q), lse, _flash_blocks(delta, block_q))
+    xs = (_flash_blocks(q, block_q), _flash_blocks(do, block_q), lse, delta_blocks)
     (dk, dv), dq = jax.lax.scan(body, zeros, xs)
     dbias = None if bias is None else jnp.zeros_like(bias)
     return _flash_unblocks(dq), dk.astype(k.dtype), dv.astype(v.dtype), dbias
@@ -175,7 +186,9 @@ def attention_flash(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block_q: int = 128)
     b, nq, h, d = q_bqhd.shape
     bq = min(block_q, nq)
     pad = (-nq) % bq
-    q = q_bqhd.transpose(0, 2, 1, 3)
+    # Scaling the queries once (instead of every score block, forward and backward) saves two passes over the
+    # scores; autodiff carries the factor to dq.
+    q = (q_bqhd.astype(jnp.float32) * (1.0 / math.sqrt(d))).astype(q_bqhd.dtype).transpose(0, 2, 1, 3)
     if pad:  # padded query rows are computed and dropped; their zero cotangent adds nothing to dK, dV
         q = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
     k, v = k_bkhd.transpose(0, 2, 1, 3), v_bkhd.transpose(0, 2, 1, 3)
@@ -190,6 +203,8 @@ def _splash_kernel(heads: int, nq: int, nk: int, block_q: int, block_kv: int, in
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     mask = sm.MultiHeadMask([sm.FullMask((nq, nk)) for _ in range(heads)])
+    # Separate dq and dkv backward kernels: the fused one keeps a dq partial per key block, (K/block) x the size
+    # of q, which at video lengths (151k tokens at 720p) is tens of GiB.
     sizes = sk.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
                           block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv, block_q_dq=block_q,
                           block_kv_dq=block_kv)
