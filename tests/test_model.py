@@ -24,7 +24,7 @@ def test_param_count_matches_wan(preset):
 
 def test_param_count_independent_of_runtime_options():
     base = count_params(nnx.state(abstract_model(get_preset("tiny")), nnx.Param))
-    for kw in ({"scan_layers": False}, {"remat": "full"}, {"dtype": "bfloat16"}, {"attention": "blocked"}):
+    for kw in ({"scan_layers": True}, {"remat": "full"}, {"dtype": "bfloat16"}, {"attention": "blocked"}):
         assert count_params(nnx.state(abstract_model(get_preset("tiny", **kw)), nnx.Param)) == base
 
 

@@ -159,10 +159,11 @@ class WanConfig:
 
 
 PRESETS: dict[str, WanConfig] = {
-    # Fast CPU tests and the tiny curriculum. head_dim 32 keeps diffusers' RoPE well-behaved.
+    # Fast CPU tests and the tiny curriculum. head_dim 32 keeps diffusers' RoPE well-behaved. Two layers
+    # unrolled compile faster than a scan and run 3-4% faster on CPU (no stacked residual copies).
     "tiny": WanConfig(
         num_attention_heads=2, attention_head_dim=32, in_channels=36, out_channels=16,
-        text_dim=32, freq_dim=64, ffn_dim=128, num_layers=2, dtype="float32",
+        text_dim=32, freq_dim=64, ffn_dim=128, num_layers=2, dtype="float32", scan_layers=False,
     ),
     "small": WanConfig(
         num_attention_heads=6, attention_head_dim=48, in_channels=36, out_channels=16,
