@@ -369,16 +369,6 @@ def load_source(
     return cfg, flat
 
 
-def unflatten(flat: Mapping[Path, Any]) -> dict:
-    nested: dict = {}
-    for path, a in flat.items():
-        d = nested
-        for p in path[:-1]:
-            d = d.setdefault(p, {})
-        d[path[-1]] = a
-    return nested
-
-
 def random_params(cfg: L.WanVAEConfig, seed: int = 0) -> dict[Path, np.ndarray]:
     """Random parameters drawn on the host: kernels U(±1/sqrt(fan_in)) (torch's default conv init), zero biases,
     unit gammas; the modules' own initializers, without compiling a program per parameter shape."""
