@@ -16,6 +16,7 @@ import functools
 import json
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 
@@ -27,13 +28,10 @@ from dreamactor_jax.train import optim
 from dreamactor_jax.train import state as state_lib
 from dreamactor_jax.train.step import train_step
 
-OPTIM = dict(lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
-             grad_clip_norm=1.0)
-
 
 def compile_seconds(cfg, a) -> tuple[float, float]:
     graphdef, params = split_params(abstract_model(cfg))
-    tx, _ = optim.make_optimizer(OPTIM, 1000)
+    tx, _ = optim.make_optimizer(common.OPTIM, 1000)
     state = jax.eval_shape(functools.partial(state_lib.create, tx=tx), params)
     shapes = schema.batch_shapes(a.batch, a.frames, a.height, a.canvas_width // 2, cfg.out_channels, a.text_len,
                                  cfg.text_dim)
@@ -66,7 +64,8 @@ def main():
             cfg = get_preset(a.preset, num_layers=layers, scan_layers=scan, remat=a.remat, **extra)
             lower_s, compile_s = compile_seconds(cfg, a)
             print(json.dumps({"benchmark": "compile", "preset": a.preset, "layers": layers, "scan_layers": scan,
-                              "remat": a.remat, "attention": cfg.attention, "backend": jax.default_backend(),
+                              "remat": a.remat, "attention": common.attention_name(cfg),
+                              "backend": jax.default_backend(),
                               "lower_s": round(lower_s, 3), "compile_s": round(compile_s, 3),
                               "total_s": round(lower_s + compile_s, 3)}), flush=True)
 

@@ -17,25 +17,19 @@ work) and writes a PNG plot. One JSON line per case.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
-import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dreamactor_jax.data import schema
-from dreamactor_jax.diffusion.objective import ObjectiveConfig
 from dreamactor_jax.models import get_preset
 from dreamactor_jax.models.build import init_params
-from dreamactor_jax.train import flops, optim
-from dreamactor_jax.train import state as state_lib
-from dreamactor_jax.train.step import train_step
+from dreamactor_jax.train import flops
 
-OPTIM = dict(lr=1e-5, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
-             grad_clip_norm=1.0)
 RESOLUTIONS = {"360p": (45, 80), "480p": (60, 104), "720p": (90, 160)}  # latent (H, W) per canvas half
 SWEEP_FRAMES = (17, 33, 49, 65, 81, 121)  # pixel frames, 4k + 1
 
@@ -52,28 +46,13 @@ def measure(a) -> dict:
         overrides["attention"] = a.attention
     cfg = get_preset(a.preset, **overrides)
     graphdef, params = init_params(cfg, seed=0)
-    tx, _ = optim.make_optimizer(OPTIM, 1000)
-    state = state_lib.create(params, tx)
+    state, step = common.train_setup(graphdef, params)
     shapes = schema.batch_shapes(a.batch, a.frames, a.height, a.width, cfg.out_channels, a.text_len, cfg.text_dim)
     rng = np.random.default_rng(0)
     batch = {k: jnp.asarray(rng.standard_normal(s, np.float32)) for k, s in shapes.items()}
     batch["motion_valid"] = jnp.ones(shapes["motion_valid"], jnp.float32)
     batch["text_mask"] = jnp.ones(shapes["text_mask"], jnp.float32)
-    step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, objective=ObjectiveConfig()),
-                   donate_argnums=0)
-    t0 = time.perf_counter()
-    state, m = step(state, batch, jax.random.key(0))
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
-    for i in range(a.warmup):
-        state, m = step(state, batch, jax.random.key(i + 1))
-    jax.block_until_ready(m)
-    times = []
-    for i in range(a.repeats):
-        t0 = time.perf_counter()
-        state, m = step(state, batch, jax.random.key(100 + i))
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
+    state, first, times, m = common.time_steps(step, state, batch, warmup=a.warmup, repeats=a.repeats)
     med = statistics.median(times)
     count = flops.forward_flops(cfg, batch=a.batch, frames=a.frames, height=a.height, width=2 * a.width,
                                 text_len=a.text_len)
@@ -81,7 +60,7 @@ def measure(a) -> dict:
     peak = a.peak_flops or flops.peak_flops_per_device(dev.device_kind)
     out = {
         "benchmark": "mfu", "preset": a.preset, "backend": backend, "device": dev.device_kind,
-        "attention": cfg.attention, "remat": cfg.remat, "dtype": dtype,
+        "attention": common.attention_name(cfg), "remat": cfg.remat, "dtype": dtype,
         "shape": {"batch": a.batch, "frames": a.frames, "height": a.height, "width": a.width,
                   "canvas_width": 2 * a.width},
         "tokens": a.batch * count.tokens, "median_s": round(med, 5), "min_s": round(min(times), 5),

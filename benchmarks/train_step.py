@@ -8,23 +8,18 @@ Input: B=1, latent T=5, H=32 and a double-width canvas W=64 (two 32-wide halves)
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import platform
 import statistics
-import time
 
+import common
 import jax
 import jax.numpy as jnp
 
 from dreamactor_jax.data import synthetic
-from dreamactor_jax.diffusion.objective import ObjectiveConfig
 from dreamactor_jax.models import get_preset
 from dreamactor_jax.models.build import init_params
-from dreamactor_jax.train import optim
-from dreamactor_jax.train import state as state_lib
-from dreamactor_jax.train.step import train_step
 
 
 def main():
@@ -47,27 +42,11 @@ def main():
     cfg = get_preset(a.preset, **overrides)
     c = cfg.out_channels
     graphdef, params = init_params(cfg, seed=0)
-    tx, _ = optim.make_optimizer(dict(lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
-                                      weight_decay=0.01, grad_clip_norm=1.0), 1000)
-    state = state_lib.create(params, tx)
+    state, step = common.train_setup(graphdef, params)
     batch = jax.tree.map(jnp.asarray, synthetic.synthetic_batch(
         0, 0, batch=a.batch, frames=a.frames, height=a.height, width=a.canvas_width // 2, channels=c,
         text_len=16, text_dim=cfg.text_dim))
-    step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, objective=ObjectiveConfig()),
-                   donate_argnums=0)
-    t0 = time.perf_counter()
-    state, m = step(state, batch, jax.random.key(0))
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    for i in range(a.warmup):
-        state, m = step(state, batch, jax.random.key(i + 1))
-    jax.block_until_ready(m)
-    times = []
-    for i in range(a.repeats):
-        t0 = time.perf_counter()
-        state, m = step(state, batch, jax.random.key(100 + i))
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
+    state, compile_s, times, m = common.time_steps(step, state, batch, warmup=a.warmup, repeats=a.repeats)
     med = statistics.median(times)
     tokens = a.batch * a.frames * a.height * a.canvas_width // math.prod(cfg.patch_size)
     print(json.dumps({
@@ -75,7 +54,7 @@ def main():
         "devices": jax.device_count(), "cpu": platform.processor() or platform.machine(),
         "shape": {"batch": a.batch, "frames": a.frames, "height": a.height, "canvas_width": a.canvas_width,
                   "in_channels": cfg.in_channels},
-        "attention": cfg.attention, "scan_layers": cfg.scan_layers, "remat": cfg.remat, "dtype": cfg.dtype,
+        "attention": common.attention_name(cfg), "scan_layers": cfg.scan_layers, "remat": cfg.remat, "dtype": cfg.dtype,
         "tokens": tokens, "median_s": round(med, 5), "min_s": round(min(times), 5),
         "tokens_per_s": round(tokens / med, 1), "compile_s": round(compile_s, 2), "repeats": a.repeats,
         "loss": float(m["loss"]),

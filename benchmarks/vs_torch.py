@@ -20,7 +20,6 @@ step of each side and ``ratio`` = JAX / PyTorch (below 1: JAX is faster).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -28,21 +27,17 @@ import platform
 import statistics
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dreamactor_jax.convert import names
 from dreamactor_jax.data import synthetic
-from dreamactor_jax.diffusion.objective import ObjectiveConfig
 from dreamactor_jax.models import get_preset
 from dreamactor_jax.models.build import init_params, merge
-from dreamactor_jax.train import optim
-from dreamactor_jax.train import state as state_lib
-from dreamactor_jax.train.step import train_step
 
-OPTIM = dict(lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
-             grad_clip_norm=1.0)
+OPTIM = common.OPTIM
 CASES = {
     # 2 layers, 2 heads x 32 (the tiny preset); 6 layers, 6 heads x 48, ffn 4·D (the small preset).
     "tiny": dict(preset="tiny"),
@@ -60,11 +55,8 @@ class JaxSide:
     def __init__(self, cfg, batch):
         self.graphdef, params = init_params(cfg, seed=0)
         self.params_np = jax.tree.map(np.asarray, params)
-        tx, _ = optim.make_optimizer(OPTIM, 1000)
-        self.state = state_lib.create(params, tx)
+        self.state, self.step = common.train_setup(self.graphdef, params)
         self.batch = jax.tree.map(jnp.asarray, batch)
-        self.step = jax.jit(functools.partial(train_step, graphdef=self.graphdef, tx=tx, objective=ObjectiveConfig()),
-                            donate_argnums=0)
         self.i = 0
 
         def fwd(params, x, t, text):
@@ -178,7 +170,7 @@ def run_case(name: str, a) -> list[dict]:
         out.append({
             "benchmark": "vs_torch", "case": name, "mode": mode, "preset": CASES[name]["preset"],
             "layers": cfg.num_layers, "heads": cfg.num_attention_heads, "head_dim": cfg.attention_head_dim,
-            "ffn_dim": cfg.ffn_dim, "attention": cfg.attention, "tokens": tokens,
+            "ffn_dim": cfg.ffn_dim, "attention": common.attention_name(cfg), "tokens": tokens,
             "shape": {"batch": a.batch, "frames": a.frames, "height": a.height, "canvas_width": a.canvas_width},
             "dtype": "float32", "threads": torch.get_num_threads(), "backend": jax.default_backend(),
             "cpu": platform.processor() or platform.machine(),
