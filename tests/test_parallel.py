@@ -272,8 +272,9 @@ def test_flash_forward_and_grads_match_xla(nk, masked):
     q, k, v = _qkv(h=3, d=32) if nk is None else (_qkv(h=3, d=32)[0], *_qkv(nk=nk, h=3, d=32, seed=1)[1:])
     mask = _key_mask(2, k.shape[1]) if masked else None
     w = jax.random.normal(jax.random.key(3), q.shape, jnp.float32)
-    # block 48 does not divide the 120 queries: the padded last block is exercised too
-    flash = lambda q, k, v: attn_lib.attention_flash(q, k, v, mask, block_q=48)  # noqa: E731
+    # block 48 does not divide the 120 queries: the padded last block is exercised too (min_keys=1: no growth of
+    # the blocks for short key sequences)
+    flash = lambda q, k, v: attn_lib.attention_flash(q, k, v, mask, block_q=48, min_keys=1)  # noqa: E731
     ref = lambda q, k, v: attn_lib.attention_xla(q, k, v, mask)  # noqa: E731
     np.testing.assert_allclose(np.asarray(jax.jit(flash)(q, k, v)), np.asarray(ref(q, k, v)), atol=ATOL)
     g_ref = jax.grad(lambda *a: jnp.sum(ref(*a) * w), argnums=(0, 1, 2))(q, k, v)
@@ -284,7 +285,7 @@ def test_flash_forward_and_grads_match_xla(nk, masked):
 
 def test_flash_bf16_close_to_f32_reference():
     q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(h=3, d=32))
-    out = attn_lib.attention_flash(q, k, v, block_q=32)
+    out = attn_lib.attention_flash(q, k, v, block_q=32, min_keys=1)
     assert out.dtype == jnp.bfloat16
     ref = attn_lib.attention_xla(*(x.astype(jnp.float32) for x in (q, k, v)))
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=2e-2)
@@ -324,6 +325,22 @@ def test_splash_runs_per_shard_under_a_mesh(monkeypatch):
         out = jax.jit(lambda q, k, v: sequence.attend("splash", q, k, v, splash_block=128))(q, k, v)
     assert calls and calls[0] == (1, 128, 2, 32)  # per shard: batch / data, heads / tensor
     np.testing.assert_allclose(np.asarray(out), np.asarray(attn_lib.attention_xla(q, k, v)), atol=ATOL)
+
+
+def test_flash_blocks_grow_for_short_keys(monkeypatch):
+    """A 7-key cross-attention runs as one query block; self-attention keeps block_q-query blocks."""
+    seen = []
+    core = attn_lib._flash
+
+    def spy(q, k, v, bias, block_q):
+        seen.append(block_q)
+        return core(q, k, v, bias, block_q)
+
+    monkeypatch.setattr(attn_lib, "_flash", spy)
+    q, k, v = _qkv(h=3, d=32)
+    attn_lib.attention_flash(q, *_qkv(nk=7, h=3, d=32, seed=1)[1:], block_q=16)
+    attn_lib.attention_flash(q, k, v, block_q=16, min_keys=1)
+    assert seen == [120, 16]
 
 
 def test_auto_resolves_per_platform():

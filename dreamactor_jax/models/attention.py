@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 NEG_INF = -1e30
+FLASH_MIN_KEYS = 2048  # flash: a query block holds at least block_q x this many scores (see attention_flash)
 
 
 def rope_tables(grid_thw: tuple[int, int, int], dims_thw: tuple[int, int, int], theta: float = 10000.0,
@@ -181,10 +182,15 @@ def _flash_bwd(block_q, res, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def attention_flash(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block_q: int = 128):
-    """FlashAttention-2 in JAX: same math as :func:`attention_xla`, O(block_q · K) score memory, custom backward."""
+def attention_flash(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block_q: int = 128, min_keys: int = FLASH_MIN_KEYS):
+    """FlashAttention-2 in JAX: same math as :func:`attention_xla`, O(block_q · K) score memory, custom backward.
+
+    Short key sequences (text cross-attention) get proportionally taller query blocks, so that no block
+    holds fewer than ``block_q x min_keys`` scores: a loop of tiny products costs more than it saves.
+    """
     b, nq, h, d = q_bqhd.shape
-    bq = min(block_q, nq)
+    nk = k_bkhd.shape[1]
+    bq = min(max(block_q, block_q * min_keys // max(nk, 1)), nq)
     pad = (-nq) % bq
     # Scaling the queries once (instead of every score block, forward and backward) saves two passes over the
     # scores; autodiff carries the factor to dq.

@@ -160,14 +160,17 @@ class WanConfig:
 
 PRESETS: dict[str, WanConfig] = {
     # Fast CPU tests and the tiny curriculum. head_dim 32 keeps diffusers' RoPE well-behaved. Two layers
-    # unrolled compile faster than a scan and run 3-4% faster on CPU (no stacked residual copies).
+    # unrolled compile faster than a scan and run 3-4% faster on CPU (no stacked residual copies). The flash
+    # query blocks of tiny and small are the fastest measured for their head counts on 2 CPU cores at 2,560
+    # tokens (blocks of 96..256: benchmarks/attention.py --block_q), 8-9% faster per train step than 128.
     "tiny": WanConfig(
         num_attention_heads=2, attention_head_dim=32, in_channels=36, out_channels=16,
         text_dim=32, freq_dim=64, ffn_dim=128, num_layers=2, dtype="float32", scan_layers=False,
+        attention_block_q=160,
     ),
     "small": WanConfig(
         num_attention_heads=6, attention_head_dim=48, in_channels=36, out_channels=16,
-        text_dim=64, freq_dim=256, ffn_dim=1152, num_layers=6, dtype="float32",
+        text_dim=64, freq_dim=256, ffn_dim=1152, num_layers=6, dtype="float32", attention_block_q=96,
     ),
     "wan2.1-t2v-1.3b": WanConfig(
         num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
