@@ -58,55 +58,42 @@ def _row_mean_of_product(a: jax.Array, b: jax.Array) -> jax.Array:
     return s[..., None] / a.shape[-1]
 
 
-def _layer_stats(x32, eps):
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    rstd = jax.lax.rsqrt(var + eps)
-    return (x32 - mean) * rstd, rstd
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def layer_normalize(x: jax.Array, eps: float) -> jax.Array:
-    """(x - mean) / sqrt(var + eps) over the last axis, in f32 (LayerNorm without the affine part)."""
-    return _layer_stats(x.astype(jnp.float32), eps)[0]
-
-
-def _ln_fwd(x, eps):
-    xhat, rstd = _layer_stats(x.astype(jnp.float32), eps)
-    return xhat, (xhat, rstd, jnp.zeros((), x.dtype))  # a 0-d array carries x's dtype
-
-
-def _ln_bwd(eps, res, g):
-    xhat, rstd, like = res
-    g = g.astype(jnp.float32)
-    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True) - xhat * _row_mean_of_product(g, xhat))
-    return (dx.astype(like.dtype),)
-
-
-layer_normalize.defvjp(_ln_fwd, _ln_bwd)
-
-
-def _rms_stats(x32, eps):
+def _stats(x: jax.Array, eps: float, centered: bool):
+    """(x_hat, 1/std) in f32: LayerNorm's when ``centered`` (the RMS of x - mean is the std), else RMSNorm's."""
+    x32 = x.astype(jnp.float32)
+    if centered:
+        x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
     rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
     return x32 * rstd, rstd
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
-    """x / sqrt(mean(x²) + eps) over the last axis, in f32 (RMSNorm without the weight)."""
-    return _rms_stats(x.astype(jnp.float32), eps)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _normalize(x: jax.Array, eps: float, centered: bool) -> jax.Array:
+    return _stats(x, eps, centered)[0]
 
 
-def _rms_fwd(x, eps):
-    xhat, rstd = _rms_stats(x.astype(jnp.float32), eps)
+def _normalize_fwd(x, eps, centered):
+    xhat, rstd = _stats(x, eps, centered)
     return xhat, (xhat, rstd, jnp.zeros((), x.dtype))  # a 0-d array carries x's dtype
 
 
-def _rms_bwd(eps, res, g):
+def _normalize_bwd(eps, centered, res, g):
     xhat, rstd, like = res
     g = g.astype(jnp.float32)
+    if centered:
+        g = g - jnp.mean(g, axis=-1, keepdims=True)
     dx = rstd * (g - xhat * _row_mean_of_product(g, xhat))
     return (dx.astype(like.dtype),)
 
 
-rms_normalize.defvjp(_rms_fwd, _rms_bwd)
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+def layer_normalize(x: jax.Array, eps: float) -> jax.Array:
+    """(x - mean) / sqrt(var + eps) over the last axis, in f32 (LayerNorm without the affine part)."""
+    return _normalize(x, eps, True)
+
+
+def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
+    """x / sqrt(mean(x²) + eps) over the last axis, in f32 (RMSNorm without the weight)."""
+    return _normalize(x, eps, False)
