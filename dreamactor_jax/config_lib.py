@@ -122,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          f"config.model in_channels is {mcfg.in_channels} (need 2·C + 4)")
     if d.channels != mcfg.out_channels:
         raise ValueError(f"config.data.channels={d.channels} must equal the model's out_channels {mcfg.out_channels}")
+    if int(d.get("prefetch", 0)) < 0:
+        raise ValueError(f"config.data.prefetch must be >= 0 (0: off), got {d.prefetch}")
     if not 0 <= d.motion_masked_frames < d.frames:
         raise ValueError(f"config.data.motion_masked_frames must be in [0, frames), got {d.motion_masked_frames}")
     m = config.mesh

@@ -256,3 +256,26 @@ def test_tfds_builder_end_to_end(tmp_path):
     codec = get_codec("space_to_depth", spatial_factor=2, latent_channels=16)
     ds = grain.MapDataset.source(source).map(pipeline.ToTraining(codec, TextEncoder(5, 11, 0), 1)).batch(2)
     schema.validate_batch(ds[0], schema.batch_shapes(2, T, H // 2, W // 2, 16, 5, 11))
+
+
+def test_prefetcher_returns_exactly_the_source_batches_and_raises_on_the_failing_step():
+    from dreamactor_jax.data.sources import Prefetcher
+
+    calls = []
+
+    def source(step):
+        calls.append(step)
+        if step == 5:
+            raise ValueError("bad record at step 5")
+        return {"x": np.full((2,), step)}
+
+    pf = Prefetcher(source, depth=2, limit=7)
+    assert [int(pf.get(i)["x"][0]) for i in range(3)] == [0, 1, 2]
+    assert int(pf.get(4)["x"][0]) == 4  # a jump (resume) drops the stale step 3
+    with pytest.raises(ValueError, match="step 5"):
+        pf.get(5)
+    assert int(pf.get(6)["x"][0]) == 6
+    pf.close()
+    assert max(calls) == 6, "nothing at or past the limit is built"
+    off = Prefetcher(source, depth=0)
+    assert int(off.get(1)["x"][0]) == 1

@@ -54,6 +54,7 @@ def procedural_config(config: ml_collections.ConfigDict, split: str | None = Non
         frames=(d.frames - 1) * codec.temporal_factor + 1, height=d.height * codec.spatial_factor,
         width=d.width * codec.spatial_factor, seed=config.seed, body_plans=tuple(p.body_plans),
         max_subjects=p.max_subjects, two_subject_prob=p.two_subject_prob, cross_mode=p.cross_mode,
+        fps=float(p.get("fps", 8.0)), travel=tuple(p.get("travel", (0.0, 0.0))),
         pose_augment_prob=p.pose_augment_prob if (split or d.split) == "train" else 0.0)
 
 
@@ -169,6 +170,7 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
     c.motion_masked_frames = 4  # latent frames with the driving signal masked (first second)
     c.records_dir = ""  # ArrayRecord directory for source='records'
     c.pose_mix = 0.0  # fraction of batches drawn from stage-1 pose data instead (stage 2 mixing)
+    c.prefetch = 2  # host batches built ahead in a background thread while the device steps (0: off)
     # name: 'space_to_depth' (exact, tiny runs) | 'wan_vae' (spatial_factor 8; weights: a diffusers
     # AutoencoderKLWan dir or Wan2.1_VAE.pth; tiling: spatial tiles for large frames)
     c.codec = ml_collections.ConfigDict(dict(name="space_to_depth", spatial_factor=2, weights="", tiling=False))
@@ -178,6 +180,43 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
         max_subjects=2, two_subject_prob=0.2,
         cross_mode="shape",  # what the cross identity may change: appearance | shape | any
         pose_augment_prob=0.3,  # paper: bone-length scaling in U(0.8, 1.2) on 30% of samples
+        fps=8.0,  # frame rate the motions are sampled at (pixel frames; the codec may compress time)
+        travel=(0.0, 0.0),  # (lo, hi) fraction of the width a subject drifts across over a clip
     ))
     c.update(overrides)
     return c
+
+
+class Prefetcher:
+    """Builds host batches ``source(i+1) .. source(i+depth)`` in a background thread while step ``i`` runs.
+
+    Sources are pure functions of the step, so prefetching changes no batch: ``get(i)`` returns exactly
+    ``source(i)``. Procedural generation and record decoding are host work that would otherwise stall the
+    device between steps (on the tiny curriculum, about half of a step's wall time). A source's exception
+    is raised by the ``get`` of the step it belongs to; ``close`` drops what is still queued.
+    """
+
+    def __init__(self, source: Callable[[int], dict], depth: int = 2, limit: int | None = None):
+        import concurrent.futures
+
+        self.source, self.depth, self.limit = source, max(int(depth), 0), limit  # limit: no step >= it is built
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") \
+            if self.depth else None
+        self._futures: dict = {}
+
+    def get(self, step: int) -> dict:
+        if self._pool is None:
+            return self.source(step)
+        for stale in [s for s in self._futures if s < step]:  # a jump (resume) leaves old work behind
+            self._futures.pop(stale).cancel()
+        for s in range(step, step + self.depth + 1):
+            if s not in self._futures and (s == step or self.limit is None or s < self.limit):
+                self._futures[s] = self._pool.submit(self.source, s)
+        return self._futures.pop(step).result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for f in self._futures.values():
+                f.cancel()
+            self._futures.clear()
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -309,8 +309,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
         step_fn = jax.jit(guards.gate_nonfinite(setup.step), in_shardings=(sp.state, sp.batch, None),
                           out_shardings=(sp.state, None), donate_argnums=0)
     say(f"model: {config.model.preset} params: {count_params(setup.abstract_state.params)} mesh: {dict(mesh.shape)}")
-    source = sources.make_source(config, mcfg.text_dim)
     d = config.data
+    source = sources.Prefetcher(sources.make_source(config, mcfg.text_dim), depth=int(d.get("prefetch", 2)),
+                                 limit=int(t.steps))
     # Each process holds its own slice of the global batch.
     expected = schema.batch_shapes(d.batch_size // jax.process_count(), d.frames, d.height, d.width, d.channels,
                                    d.text_len, mcfg.text_dim)
@@ -386,7 +387,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
         with jax.set_mesh(mesh), rules.use_rules(sp.rules):
             for i in range(start, t.steps):
                 profiler.before(i + 1)
-                host = source(i)  # batch i is a pure function of (config, i): resuming sees the same batches
+                host = source.get(i)  # batch i is a pure function of (config, i): resuming sees the same batches
                 schema.validate_batch(host, expected)
                 state, metrics = step_fn(state, put_batch(host, sp.batch), jax.random.fold_in(key, i))
                 if pending is not None:
@@ -408,10 +409,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
                 save(done)  # e.g. resume_from a checkpoint already at config.train.steps
             saver.wait()
     except BaseException:
+        source.close()
         profiler.stop()
         saver.close_quietly(say)
         mlog.close()
         raise
+    source.close()
     profiler.stop()
     mngr.close()
     mlog.close()
