@@ -256,3 +256,22 @@ def test_training_fields_follow_schema_and_source():
         assert (fields["motion"][:3] == 0).all() and fields["motion_valid"].tolist() == [0] * 3 + [1] * (t - 3)
     with pytest.raises(ValueError, match="cross_mode"):
         dataset.ProceduralConfig(cross_mode="nope")
+
+
+def test_travel_moves_subjects_across_the_frame_and_keeps_pairs_exact():
+    still = dataset.ProceduralConfig(frames=5, fps=4.0, max_subjects=1)
+    moving = dataclasses.replace(still, travel=(0.3, 0.5), cross_mode="appearance")
+    shifts = []
+    for i in range(8):
+        e = dataset.make_example("test", i, moving)
+        x = e["keypoints"][:, 0, :, 0][:, e["keypoint_mask"][0] > 0].mean(-1)  # mean joint x per frame
+        shifts.append(abs(x[-1] - x[0]) / moving.width)
+        np.testing.assert_array_equal(e["cross_keypoints"], e["keypoints"])  # the cross clip travels identically
+    # Travel crosses 30-50% of the width on top of the motion's own, small, displacement.
+    assert min(shifts) > 0.2 and np.mean(shifts) > 0.3, shifts
+    with pytest.raises(ValueError, match="travel"):
+        dataset.ProceduralConfig(travel=(0.5, 0.2))
+    # Off by default: examples are bit for bit what they were without the field.
+    a, b = dataset.make_example("train", 3, still), dataset.make_example("train", 3, dataset.ProceduralConfig(
+        frames=5, fps=4.0, max_subjects=1, travel=(0.0, 0.0)))
+    np.testing.assert_array_equal(a["video"], b["video"])

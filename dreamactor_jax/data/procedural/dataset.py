@@ -49,6 +49,10 @@ class ProceduralConfig:
       cross_mode: "appearance" | "shape" | "any": what the cross identity may change.
       pose_augment_prob: fraction of examples whose ``pose_video`` comes from bone-length augmented,
         bbox-normalised keypoints (stage 1 trains with 0.3; evaluation wants 0).
+      travel: (lo, hi) fraction of the image width a subject drifts across over the clip, drawn uniformly,
+        direction random, shared by the subjects of a scene and by the cross clip; (0, 0) keeps subjects
+        in place. Without it the characters barely move in a short clip and copying the reference into
+        every frame is a strong baseline.
       num_identities, num_motions: id pools the splits are carved from.
       split_fractions: train / validation / test shares of both pools.
     """
@@ -64,6 +68,7 @@ class ProceduralConfig:
     two_subject_prob: float = 0.2
     cross_mode: str = "shape"
     pose_augment_prob: float = 0.0
+    travel: tuple[float, float] = (0.0, 0.0)
     num_identities: int = 100_000
     num_motions: int = 20_000
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -80,6 +85,8 @@ class ProceduralConfig:
             raise ValueError(f"max_subjects={self.max_subjects}; must be 1 or 2")
         if min(self.frames, self.height, self.width) < 1:
             raise ValueError("frames, height and width must be positive")
+        if len(self.travel) != 2 or not 0.0 <= self.travel[0] <= self.travel[1] <= 1.0:
+            raise ValueError(f"travel={self.travel} must be (lo, hi) with 0 <= lo <= hi <= 1 (fractions of the width)")
         if abs(sum(self.split_fractions) - 1.0) > 1e-6 or min(self.split_fractions) <= 0:
             raise ValueError(f"split_fractions={self.split_fractions} must be positive and sum to 1")
 
@@ -121,12 +128,17 @@ def _draw_id(rng: np.random.Generator, kind: str, split: str, cfg: ProceduralCon
 
 def _layout(rng: np.random.Generator, num_subjects: int, cfg: ProceduralConfig) -> list[motion_lib.Placement]:
     ground = cfg.height * rng.uniform(0.86, 0.93)
+    lo, hi = cfg.travel
+    # Drawn only when travel is on, so configs without it keep their examples bit for bit.
+    drift = float(cfg.width * rng.uniform(lo, hi) * rng.choice([-1.0, 1.0])) if hi > 0 else 0.0
     if num_subjects == 1:
-        return [motion_lib.Placement(cfg.width * rng.uniform(0.42, 0.58), ground, rng.uniform(0.52, 0.7))]
+        return [motion_lib.Placement(cfg.width * rng.uniform(0.42, 0.58), ground, rng.uniform(0.52, 0.7),
+                                     drift_px=drift)]
     scale = rng.uniform(0.4, 0.52)
     front = int(rng.integers(2))
     return [motion_lib.Placement(cfg.width * (0.3 + 0.4 * i + rng.uniform(-0.04, 0.04)), ground, scale,
-                                 depth=float(cfg.height * (1.0 if i == front else -1.0))) for i in range(2)]
+                                 depth=float(cfg.height * (1.0 if i == front else -1.0)), drift_px=0.5 * drift)
+            for i in range(2)]
 
 
 def _cross_character(source: chars.Character, cross_id: int, cfg: ProceduralConfig) -> chars.Character:

@@ -244,13 +244,16 @@ class Placement:
     """Where a subject stands: pixel x of its root at mid-clip, ground row, size, depth offset.
 
     ``scale`` is the character's extent as a fraction of the image height (before the identity's
-    height factor); ``depth`` orders subjects (larger = nearer the camera).
+    height factor); ``depth`` orders subjects (larger = nearer the camera); ``drift_px`` moves the subject
+    across the image at a constant rate, from ``x_px - drift_px / 2`` at the first frame to ``x_px + drift_px / 2``
+    at the last (on top of the motion's own travel), so that following the motion matters.
     """
 
     x_px: float
     ground_px: float
     scale: float
     depth: float = 0.0
+    drift_px: float = 0.0  # horizontal travel of the whole body over the clip (centred on x_px), in pixels
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -286,11 +289,14 @@ def pose_subject(character: Character, spec: MotionSpec, times_t: np.ndarray, pl
     ppu = placement.scale * height / plan.size * shape.height_factor
     c, s = np.cos(yaw_t)[:, None], np.sin(yaw_t)[:, None]
     x_px = placement.x_px
+    tt = np.asarray(times_t, np.float64)
+    span = tt[-1] - tt[0] if len(tt) > 1 else 0.0
+    drift_t = placement.drift_px * ((tt - 0.5 * (tt[0] + tt[-1])) / span if span > 0 else np.zeros_like(tt))
 
     def project(p_tk3):
         x, y, z = p_tk3[..., 0], p_tk3[..., 1], p_tk3[..., 2]
         xw, zw = c * x + s * z, -s * x + c * z
-        root_x = x_px + ppu * (frames.dx * np.cos(yaw_t) + frames.sway * np.sin(yaw_t))
+        root_x = x_px + drift_t + ppu * (frames.dx * np.cos(yaw_t) + frames.sway * np.sin(yaw_t))
         kp = np.stack([root_x[:, None] + ppu * xw, placement.ground_px - ppu * (y + up_t[:, None])], -1)
         return kp.astype(np.float32), (ppu * zw + placement.depth).astype(np.float32)
 
