@@ -67,3 +67,34 @@ def test_schedule_and_bad_config():
     assert s[0] == 1.0 and s[-1] == 0.0 and np.all(np.diff(s) < 0)
     with pytest.raises(ValueError, match="sampler.method"):
         sampler.SamplerConfig(method="ddim")
+
+
+def test_renoise_feeds_the_model_its_own_estimate_noised_afresh():
+    """Whatever noise the model fails to predict is discarded: step i+1 sees (1-σ')·x̂0_i + σ'·z, z ~ N(0, 1)."""
+    target, motion, text = _problem(b=4, h=8, w=8)
+    x0 = canvas.join_halves(target, motion)
+    seen = []
+
+    class HalfNoise:
+        """The oracle's x0, but only half of the noise predicted: x̂0 = x - σv keeps half of it."""
+
+        cfg = _Cfg()
+
+        def __call__(self, x_in, t, text, text_mask=None):
+            x, s = x_in[..., : x0.shape[-1]], (t if t.ndim == 1 else t.max(axis=1)).reshape(-1, 1, 1, 1, 1) / 1000.0
+            v = 0.5 * (x - (1 - s) * x0) / jnp.maximum(s, 1e-6) - x0
+            jax.debug.callback(lambda *a: seen.append([np.asarray(y) for y in a]), x, s, v)
+            return v
+
+    for method in ("renoise",):
+        seen.clear()
+        sampler.sample(HalfNoise(), target[:, :1], motion, text, None, jax.random.key(1),
+                       sampler.SamplerConfig(method=method, steps=6, shift=1.0, given_region="clean"))
+        z = []
+        for (x, s, v), (x_next, s_next, _) in zip(seen, seen[1:]):
+            s, s_next = float(s.ravel()[0]), float(s_next.ravel()[0])
+            x0_hat = x - s * v
+            z.append(np.asarray(canvas.split_canvas(jnp.asarray((x_next - (1 - s_next) * x0_hat) / s_next))[0])[:, 1:])
+        z = np.concatenate([a.ravel() for a in z])
+        assert abs(z.mean()) < 0.05 and abs(z.std() - 1.0) < 0.05, (z.mean(), z.std())
+        assert abs(np.corrcoef(z[: len(z) // 2], z[len(z) // 2 :])[0, 1]) < 0.05  # fresh noise each step

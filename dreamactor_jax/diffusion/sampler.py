@@ -13,6 +13,14 @@ extrapolation of the velocity and, once the model has been evaluated at the
 predicted point (the next step's evaluation, so no extra model calls), corrects
 the step with the trapezoidal rule — the predictor–corrector structure of UniPC
 (bh2), written for the velocity parameterisation. ``euler`` is first order.
+
+``renoise`` (ancestral): each step takes the model's estimate ``x̂0 = x - σv`` and
+noises it afresh to the next level, ``(1-σ')·x̂0 + σ'·z`` with new Gaussian ``z``
+(drawn from ``rng``). The ODE samplers carry whatever noise a model fails to
+predict into the next input, which is then off the training distribution; a
+small, briefly trained model's samples turn to block noise that way, while
+``renoise`` keeps every input on it (tests/test_sampler.py). Its fresh noise comes
+from JAX's ``rng``, so ``examples/serve_torch.py`` ports only the ODE samplers.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import jax.numpy as jnp
 from dreamactor_jax.diffusion import flow
 from dreamactor_jax.models import canvas
 
-SAMPLERS = ("euler", "unipc")
+SAMPLERS = ("euler", "unipc", "renoise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +104,12 @@ def sample(model, reference_b1hwc, motion_bthwc, text_ble, text_mask_bl, rng, sc
         s, s_next = sigmas[i], sigmas[i + 1]
         hstep = s_next - s
         v = velocity(x, s)
+        if scfg.method == "renoise":
+            # x̂0 = x - σv, then noise it afresh to the next level: what the model sees stays on the training
+            # distribution ((1-σ)·x0 + σ·ε with Gaussian ε), whatever part of the noise it failed to predict.
+            x0_hat = x - s * v
+            z = jax.random.normal(jax.random.fold_in(rng, i + 1), x.shape, jnp.float32)
+            return ((1.0 - s_next) * x0_hat + s_next * z, v, x, hstep), None
         if scfg.method == "unipc":
             # Corrector for the previous step now that v at its predicted endpoint is known (trapezoid).
             x = jnp.where(i > 0, x_prev + 0.5 * h_prev * (v_prev + v), x)
