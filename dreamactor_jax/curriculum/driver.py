@@ -173,7 +173,11 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
             animators["stage2"] = (_animator(config, _params(workdir, "stage2", e.weights), scfg,
                                              config.stage2.data), "rgb")
         pcfg = sources.procedural_config(stage_config(config, "stage1"), "test")
-        summary = evaluation.evaluate(animators, pcfg, e.num_pairs, e.batch_size, pdir, config.seed, e.grid_pairs)
+        # Clean and estimated-pose settings plus the copy-reference / background baselines; DONE.json keeps a
+        # short summary, the full table is eval/table.json.
+        table = evaluation.evaluate(animators, pcfg, e.num_pairs, e.batch_size, pdir, config.seed, e.grid_pairs,
+                                    estimator_seed=e.get("estimator_seed", None))
+        summary = evaluation.summary(table)
     else:
         raise ValueError(f"unknown phase {phase!r}; phases are {PHASES}")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
