@@ -103,17 +103,19 @@ class Animator:
         )
 
     def __call__(
-        self, reference_bhw3: np.ndarray, motion_bthw3: np.ndarray, captions: list[str], rng: jax.Array
+        self, reference_bhw3: np.ndarray, motion_bthw3: np.ndarray, captions: list[str], rng: jax.Array, *,
+        params: dict | None = None,
     ) -> np.ndarray:
         """reference (B,H,W,3), motion (B,T,H,W,3) in [-1,1] -> generated video (B,T,H,W,3) in [-1,1].
 
         The first ``masked_frames`` motion frames are hidden, as in training: frame 0 is the
-        reference, and the model bridges from it to the driving motion.
+        reference, and the model bridges from it to the driving motion. ``params`` (default: the
+        constructor's) lets one Animator, compiled once, sample several models of one architecture.
         """
         ref = self.codec.encode(reference_bhw3[:, None].astype(np.float32))
         mot = self.codec.encode(motion_bthw3.astype(np.float32))
         text, tmask = self.text.encode_batch(captions)
-        lat = self.latents(ref, mot, self.valid_mask(mot.shape[0], mot.shape[1]), text, tmask, rng)
+        lat = self.latents(ref, mot, self.valid_mask(mot.shape[0], mot.shape[1]), text, tmask, rng, params=params)
         return np.clip(np.asarray(self.codec.decode(np.asarray(lat))), -1.0, 1.0)
 
 

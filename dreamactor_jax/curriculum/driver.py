@@ -17,6 +17,7 @@ that differ, unless ``force``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -166,12 +167,13 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
         untrained = init_params(model_config(config.model), config.seed)[1]
         # Every model that exists: untrained always; a stage once its phase is done (``--only=eval`` after
         # stage 1 compares untrained with stage 1).
-        animators = {"untrained": (_animator(config, untrained, scfg, d1), "pose")}
+        # One Animator (one compiled sampler) for every model: the stages share architecture, codec and sizes.
+        anim = _animator(config, None, scfg, d1)
+        animators = {"untrained": (functools.partial(anim, params=untrained), "pose")}
         if _done(workdir, "stage1"):
-            animators["stage1"] = (_animator(config, _params(workdir, "stage1", e.weights), scfg, d1), "pose")
+            animators["stage1"] = (functools.partial(anim, params=_params(workdir, "stage1", e.weights)), "pose")
         if _done(workdir, "stage2"):
-            animators["stage2"] = (_animator(config, _params(workdir, "stage2", e.weights), scfg,
-                                             config.stage2.data), "rgb")
+            animators["stage2"] = (functools.partial(anim, params=_params(workdir, "stage2", e.weights)), "rgb")
         pcfg = sources.procedural_config(stage_config(config, "stage1"), "test")
         # Clean and estimated-pose settings plus the copy-reference / background baselines; DONE.json keeps a
         # short summary, the full table is eval/table.json.
