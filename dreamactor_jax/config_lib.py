@@ -77,6 +77,7 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     t.preview_every = 0  # steps between sample previews (workdir/previews/*.gif + TensorBoard images); 0: off
     t.preview_examples = 2  # fixed examples per preview
     t.preview_steps = 8  # sampler steps per preview
+    t.preview_method = "unipc"  # sampler of the previews (diffusion.sampler.SAMPLERS)
     t.preview_source = "validation"  # "validation" (held-out procedural clips) | "train" (training batch 0)
     t.profile_steps = ""  # "A:B": jax.profiler trace of steps A..B (inclusive, as logged) into workdir/profile
     t.update(overrides)
@@ -165,6 +166,10 @@ def validate_train(t: ml_collections.ConfigDict) -> None:
             if int(t.get(f, 1)) < 1:
                 raise ValueError(f"config.train.{f} must be positive, got {t[f]}")
         from dreamactor_jax.data.sources import PREVIEW_SOURCES
+        from dreamactor_jax.diffusion.sampler import SAMPLERS
+
+        if t.get("preview_method", "unipc") not in SAMPLERS:
+            raise ValueError(f"config.train.preview_method={t.preview_method!r}; choose one of {SAMPLERS}")
 
         if t.get("preview_source", "validation") not in PREVIEW_SOURCES:
             raise ValueError(f"config.train.preview_source={t.preview_source!r}; choose one of {PREVIEW_SOURCES}")

@@ -51,7 +51,7 @@ def test_workdir_with_other_config_is_refused(tmp_path, repo_root):
     c2 = _small(repo_root)
     c2.stage1.optim.lr = 0.5
     c2.eval.num_pairs = 3
-    with pytest.raises(driver.ConfigMismatchError, match=r"stage1\.optim\.lr: 0\.002 -> 0\.5") as e:
+    with pytest.raises(driver.ConfigMismatchError, match=r"stage1\.optim\.lr: 0\.003 -> 0\.5") as e:
         driver.check_workdir_config(c2, str(tmp_path))
     assert "eval.num_pairs" in str(e.value)
     driver.check_workdir_config(c2, str(tmp_path), force=True)  # --force adopts the new config

@@ -39,7 +39,7 @@ class Recorder:
         return np.where(drawn, 1.0 - bg, bg).astype(np.float32)
 
 
-def _copy(ref, motion, captions, rng):
+def _copy(ref, motion, captions, rng, params=None):
     return np.broadcast_to(ref[:, None], motion.shape).astype(np.float32)
 
 

@@ -47,12 +47,13 @@ def parse_arg(arg: str | None, who: str) -> dict:
 
 
 def _train(tiny: bool, steps: int) -> ml_collections.ConfigDict:
-    # Previews: tiny runs sample held-out procedural clips once per stage, at its end (a few seconds each on CPU); real runs
+    # Previews: tiny runs sample held-out procedural clips once per stage, at its end (seconds on CPU); real runs
     # preview their own (precomputed umT5-captioned) training clips, which the toy text encoder cannot stand in for.
     return config_lib.train_section(steps=steps, log_every=25 if tiny else 100,
                                     checkpoint_every=100 if tiny else 1000, keep_period=0 if tiny else 10_000,
                                     preview_every=steps if tiny else 2000,
-                                    preview_source="validation" if tiny else "train")
+                                    preview_source="validation" if tiny else "train",
+                                    preview_method="renoise" if tiny else "unipc")
 
 
 def _sampler(tiny: bool) -> ml_collections.ConfigDict:

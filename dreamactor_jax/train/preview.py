@@ -50,7 +50,7 @@ class Previewer:
         self.batch = batch
         self.codec = sources.codec_from(config)
         scfg = SamplerConfig(
-            method="unipc",
+            method=str(t.get("preview_method", "unipc")),
             steps=int(t.preview_steps),
             shift=3.0,
             guidance=1.0,
