@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dreamactor_jax import animate
+from dreamactor_jax.diffusion.sampler import SAMPLERS
 
 config_flags.DEFINE_config_file(
     "config",
@@ -33,7 +34,7 @@ flags.DEFINE_multi_string("out", None, "Output path(s): .mp4 and/or .gif.")
 flags.DEFINE_string("caption", "", "Text prompt describing the target.")
 flags.DEFINE_enum("stage", "stage2", ["stage1", "stage2"], "Curriculum configs: whose data settings apply.")
 flags.DEFINE_integer("frames", None, "Pixel frames to generate (default: the training clip length).")
-flags.DEFINE_enum("method", "unipc", ["euler", "unipc", "renoise"],
+flags.DEFINE_enum("method", "unipc", list(SAMPLERS),
                   "Sampler (renoise: the tiny curriculum's).")
 flags.DEFINE_integer("steps", 20, "Sampler steps.")
 flags.DEFINE_float("shift", 3.0, "Timestep shift.")

@@ -192,7 +192,7 @@ class Prefetcher:
 
     Sources are pure functions of the step, so prefetching changes no batch: ``get(i)`` returns exactly
     ``source(i)``. Procedural generation and record decoding are host work that would otherwise stall the
-    device between steps (on the tiny curriculum, about half of a step's wall time). A source's exception
+    device between steps (measured on the tiny curriculum: 66 ms of data per 158 ms step). A source's exception
     is raised by the ``get`` of the step it belongs to; ``close`` drops what is still queued.
     """
 
