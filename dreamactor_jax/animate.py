@@ -1,11 +1,10 @@
-"""Animate a reference with a driving signal: the one home of inference, pixels in and pixels out.
+"""Animate from files on disk: the application layer of inference (``launch/sample.py``, notebooks, serving).
 
-Used by the synthesis and evaluation phases, the training loop's sample previews, ``launch/sample.py`` and the
-notebooks. :class:`Animator` encodes pixels with the run's codec, samples the target half of the canvas with
-:func:`dreamactor_jax.diffusion.sampler.sample` and decodes it; :func:`animate_files` does the same from files
-on disk (weights from a training checkpoint or an exported diffusers directory, a reference image, a driving
-video or pose sequence) and writes MP4/GIF. Sampling is jitted once per batch shape; with ``mesh`` the output
-is replicated so every process of a multi-host run can read it.
+:func:`animate_files` loads weights (a training checkpoint or an exported diffusers directory), a reference image
+and a driving video or pose sequence, samples with :class:`Animator` and writes MP4/GIF. The Animator itself (the
+sampler front end, pixels in and pixels out) lives in :mod:`dreamactor_jax.diffusion.animator`, below training
+and the curriculum, which use it too; it is re-exported here with the picture helpers, as
+``dreamactor_jax.animate.Animator``, ``to_uint8``, ``grid_frames`` and ``filmstrip``.
 """
 
 from __future__ import annotations
@@ -20,132 +19,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
+from dreamactor_jax import config_lib
+from dreamactor_jax.data import video_io
+from dreamactor_jax.data.video_io import filmstrip, grid_frames, to_uint8  # noqa: F401  (re-exported)
 from dreamactor_jax.diffusion import sampler as sampler_lib
-from dreamactor_jax.models.build import abstract_model, split_params
+from dreamactor_jax.diffusion.animator import Animator  # noqa: F401  (re-exported: the public name)
 from dreamactor_jax.models.config import WanConfig
 
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
 OUTPUT_EXTS = (".mp4", ".gif")
-
-
-class Animator:
-    """Samples videos from a model: ``animator(reference, motion, captions, rng) -> video``.
-
-    Args:
-      mcfg: the model architecture.
-      params: its parameters (a nested dict as ``split_params`` gives), or None to pass them per call.
-      codec: pixels <-> latents (``dreamactor_jax.codecs``).
-      scfg: sampler settings.
-      text_encoder: captions -> (embeddings, mask); only :meth:`__call__` needs it.
-      masked_frames: leading driving frames hidden, as in training.
-      mesh: when given, the sampled latents are replicated over it (readable on every process).
-    """
-
-    def __init__(
-        self,
-        mcfg: WanConfig,
-        params: dict | None,
-        codec,
-        scfg: sampler_lib.SamplerConfig,
-        text_encoder,
-        masked_frames: int = 0,
-        mesh: jax.sharding.Mesh | None = None,
-    ):
-        self.mcfg, self.codec, self.text, self.masked, self.scfg = mcfg, codec, text_encoder, masked_frames, scfg
-        graphdef, _ = split_params(abstract_model(mcfg))
-        self.params = params
-
-        def run(p, ref, mot, valid, text, tmask, rng, noise):
-            model = nnx.merge(graphdef, p)
-            return sampler_lib.sample(model, ref, mot, text, tmask, rng, scfg, valid, noise)
-
-        out = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        self._run = jax.jit(run, out_shardings=out)
-
-    def valid_mask(self, batch: int, frames: int) -> np.ndarray:
-        """(B, T) motion validity: the first ``masked_frames`` latent frames hidden."""
-        valid = np.ones((batch, frames), np.float32)
-        valid[:, : self.masked] = 0.0
-        return valid
-
-    def latents(
-        self,
-        reference_b1hwc,
-        motion_bthwc,
-        motion_valid_bt,
-        text_ble,
-        text_mask_bl,
-        rng: jax.Array,
-        *,
-        params: dict | None = None,
-        noise_bthwc=None,
-    ) -> jax.Array:
-        """Latent-space sampling: generated target latents (B,T,H,W,C), float32.
-
-        ``params`` (default: the constructor's) and ``noise_bthwc`` (the initial canvas noise; default drawn
-        from ``rng``) make this the entry point of previews and of parity checks against other samplers.
-        """
-        p = self.params if params is None else params
-        if p is None:
-            raise ValueError("Animator: no params (pass them to the constructor or to latents())")
-        noise = None if noise_bthwc is None else jnp.asarray(noise_bthwc, jnp.float32)
-        return self._run(
-            p,
-            jnp.asarray(reference_b1hwc),
-            jnp.asarray(motion_bthwc),
-            jnp.asarray(motion_valid_bt),
-            jnp.asarray(text_ble),
-            jnp.asarray(text_mask_bl),
-            rng,
-            noise,
-        )
-
-    def __call__(
-        self, reference_bhw3: np.ndarray, motion_bthw3: np.ndarray, captions: list[str], rng: jax.Array, *,
-        params: dict | None = None,
-    ) -> np.ndarray:
-        """reference (B,H,W,3), motion (B,T,H,W,3) in [-1,1] -> generated video (B,T,H,W,3) in [-1,1].
-
-        The first ``masked_frames`` motion frames are hidden, as in training: frame 0 is the
-        reference, and the model bridges from it to the driving motion. ``params`` (default: the
-        constructor's) lets one Animator, compiled once, sample several models of one architecture.
-        """
-        ref = self.codec.encode(reference_bhw3[:, None].astype(np.float32))
-        mot = self.codec.encode(motion_bthw3.astype(np.float32))
-        text, tmask = self.text.encode_batch(captions)
-        lat = self.latents(ref, mot, self.valid_mask(mot.shape[0], mot.shape[1]), text, tmask, rng, params=params)
-        return np.clip(np.asarray(self.codec.decode(np.asarray(lat))), -1.0, 1.0)
-
-
-# --- pictures ------------------------------------------------------------------------------------------------
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] floats -> uint8."""
-    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def grid_frames(rows: Sequence[Sequence[np.ndarray]], zoom: int = 1, pad: int = 1) -> np.ndarray:
-    """A video grid: ``rows`` of cells, each a video (T,H,W,3) or a still (H,W,3) in [-1,1] -> (T,H',W',3) uint8.
-
-    Stills repeat over time; all cells share one (H, W) and the videos one T. Cells are separated by
-    ``pad`` white pixels and upscaled ``zoom`` times (nearest neighbour).
-    """
-    t = max((c.shape[0] for row in rows for c in row if c.ndim == 4), default=1)
-    out = []
-    for row in rows:
-        cells = [np.broadcast_to(c[None], (t, *c.shape)) if c.ndim == 3 else c for c in row]
-        cells = [np.pad(c, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=1.0) for c in cells]
-        out.append(np.concatenate(cells, axis=2))
-    frames = to_uint8(np.concatenate(out, axis=1))
-    return frames.repeat(zoom, 1).repeat(zoom, 2) if zoom > 1 else frames
-
-
-def filmstrip(frames_thw3: np.ndarray) -> np.ndarray:
-    """(T,H,W,3) -> one (H, T·W, 3) image of the frames side by side (a still for TensorBoard's Images tab)."""
-    return np.concatenate(list(frames_thw3), axis=1)
 
 
 # --- from files ----------------------------------------------------------------------------------------------
@@ -216,14 +99,12 @@ def reference_image(path: str, height: int, width: int) -> np.ndarray:
     """An image file (PNG, JPG, ...) -> (H, W, 3) float32 in [-1, 1], cover-resized and centre-cropped."""
     from PIL import Image
 
-    from dreamactor_jax.data import video_io
-
     with Image.open(path) as im:
         img = im.convert("RGB")
     f = video_io.fit(img.height, img.width, height, width)
     img = img.resize((f.resized_width, f.resized_height), Image.BICUBIC)
     arr = np.asarray(img)[f.top : f.top + height, f.left : f.left + width]
-    return arr.astype(np.float32) / 127.5 - 1.0
+    return video_io.to_pixels(arr)
 
 
 def driving_frames(
@@ -238,12 +119,9 @@ def driving_frames(
     * ``.npy`` of OpenPose-18 keypoints (T, 18, 3) or (T, S, 18, 3) (x, y, confidence) in pixels of a frame of
       ``pose_frame_size`` (H, W; default: the output size), cover-fitted to the output and drawn as ingestion does.
     """
-    from dreamactor_jax.data import video_io
-
     ext = os.path.splitext(path)[1].lower()
     if ext in VIDEO_EXTS:
-        frames = video_io.read_video(path, height, width, max_frames)
-        return frames.astype(np.float32) / 127.5 - 1.0
+        return video_io.to_pixels(video_io.read_video(path, height, width, max_frames))
     if ext == ".npz":
         from dreamactor_jax.data.procedural import render
 
@@ -273,8 +151,6 @@ def driving_frames(
 
 def write_video(path: str, frames_thw3: np.ndarray, fps: float) -> None:
     """uint8 frames to ``.mp4`` (H.264) or ``.gif`` by the extension of ``path``."""
-    from dreamactor_jax.data import video_io
-
     ext = os.path.splitext(path)[1].lower()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if ext == ".gif":
@@ -288,11 +164,7 @@ def write_video(path: str, frames_thw3: np.ndarray, fps: float) -> None:
 def train_config(run_config: Mapping[str, Any], stage: str) -> ml_collections.ConfigDict:
     """A train config from a train or curriculum config (dict or ConfigDict)."""
     c = ml_collections.ConfigDict(dict(run_config))
-    if "stage1" in c:
-        from dreamactor_jax.curriculum.driver import stage_config
-
-        c = stage_config(c, stage)
-    return c
+    return config_lib.stage_config(c, stage) if "stage1" in c else c
 
 
 def demo_pair(config: ml_collections.ConfigDict, index: int = 0) -> tuple[np.ndarray, np.ndarray, str]:

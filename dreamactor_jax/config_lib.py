@@ -9,6 +9,8 @@ the command line (``--config.model.num_layers=4``) on a locked config.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -176,9 +178,52 @@ def validate_train(t: ml_collections.ConfigDict) -> None:
     if float(t.get("peak_flops_per_device", 0.0)) < 0:
         raise ValueError(f"config.train.peak_flops_per_device must be >= 0 (0: by device kind), got "
                          f"{t.peak_flops_per_device}")
-    from dreamactor_jax.train.observe import parse_profile_steps
-
     parse_profile_steps(t.get("profile_steps", ""))  # raises naming the field
+
+
+def parse_profile_steps(value: Any) -> tuple[int, int] | None:
+    """``config.train.profile_steps`` -> (first, last) step numbers, inclusive, as logged (1-based); None: off.
+
+    Accepts ``""``/None (off), ``"A:B"``, ``"A"`` (one step), or a pair ``(A, B)``.
+
+    Raises:
+      ValueError: anything else, or not ``1 <= A <= B``.
+    """
+    if (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, Sequence) and not isinstance(value, str) and not value)
+    ):
+        return None
+    try:
+        if isinstance(value, str):
+            parts = [int(p) for p in value.strip().split(":")]
+        else:
+            parts = [int(p) for p in value]
+        if len(parts) == 1:
+            parts = parts * 2
+        a, b = parts
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"config.train.profile_steps={value!r}: use 'A:B' (steps A..B, inclusive), 'A', or ''"
+        ) from None
+    if not 1 <= a <= b:
+        raise ValueError(f"config.train.profile_steps={value!r}: need 1 <= first <= last step")
+    return a, b
+
+
+def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+    """A complete train config (as ``launch/train.py`` takes) for ``stage1`` or ``stage2`` of a curriculum config."""
+    s = config[stage]
+    c = ml_collections.ConfigDict()
+    c.seed = config.seed
+    c.model = config.model
+    c.objective = config.objective
+    c.mesh = config.mesh
+    c.data = s.data
+    c.optim = s.optim
+    c.train = s.train
+    return ml_collections.ConfigDict(c.to_dict())
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

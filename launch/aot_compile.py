@@ -8,7 +8,7 @@ model FLOP counter, and the MFU a given step time implies.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dreamactor_jax.parallel import aot
+from dreamactor_jax.train import aot
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file, optionally ':arg'.", lock_config=True)
 flags.DEFINE_string("topology", "v5p:2x2x2", "TPU topology, e.g. v5p:4x4x4, v5e:4x4, v6e:4x4.")
@@ -26,7 +26,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = FLAGS.config
     if "stage1" in config:  # a curriculum config: compile one stage's train step
-        from dreamactor_jax.curriculum.driver import stage_config
+        from dreamactor_jax.config_lib import stage_config
 
         config = stage_config(config, FLAGS.stage)
     report = aot.aot_compile(config, FLAGS.topology, count_flops=FLAGS.count_flops)

@@ -21,7 +21,7 @@ def _tiny(repo_root, **mesh):
 
 
 def test_tiny_compiles_for_v5p_2x2x2(repo_root):
-    from dreamactor_jax.parallel import aot
+    from dreamactor_jax.train import aot
 
     c = _tiny(repo_root, data=1, fsdp=-1)
     c.data.batch_size = 8
@@ -43,7 +43,7 @@ def test_aot_cli(repo_root):
 
 @pytest.mark.slow
 def test_wan_1_3b_compiles_for_v5p(repo_root):
-    from dreamactor_jax.parallel import aot
+    from dreamactor_jax.train import aot
 
     c = _tiny(repo_root, data=1, fsdp=-1)
     c.model.preset = "wan2.1-t2v-1.3b"

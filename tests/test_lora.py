@@ -19,9 +19,9 @@ from dreamactor_jax.convert.safetensors_io import SafetensorsFile
 from dreamactor_jax.data import synthetic
 from dreamactor_jax.models import get_preset, lora
 from dreamactor_jax.models.build import abstract_model, init_params, split_params
-from dreamactor_jax.parallel import rules, shard
+from dreamactor_jax.parallel import rules
 from dreamactor_jax.parallel.mesh import make_mesh
-from dreamactor_jax.train import abstract, optim
+from dreamactor_jax.train import abstract, optim, shard
 from dreamactor_jax.train import checkpoint as ckpt_lib
 from dreamactor_jax.train import state as state_lib
 

@@ -16,7 +16,7 @@ from dreamactor_jax.models import transformer as transformer_lib
 from dreamactor_jax.models.build import abstract_model, split_params
 from dreamactor_jax.models.config import get_preset
 from dreamactor_jax.parallel import rules as rules_lib
-from dreamactor_jax.parallel import sequence
+from dreamactor_jax.models import sequence_parallel as sequence
 from dreamactor_jax.parallel.mesh import make_mesh
 
 ATOL = 1e-5

@@ -13,9 +13,9 @@ import pytest
 
 from dreamactor_jax.data import synthetic
 from dreamactor_jax.models.build import init_params
-from dreamactor_jax.parallel import rules, shard
+from dreamactor_jax.parallel import rules
 from dreamactor_jax.parallel.mesh import make_mesh
-from dreamactor_jax.train import abstract, optim
+from dreamactor_jax.train import abstract, optim, shard
 from dreamactor_jax.train import state as state_lib
 
 RTOL, ATOL = 2e-4, 2e-6

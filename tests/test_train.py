@@ -87,7 +87,7 @@ CONFIG_CASES = [("stage1_pose", ""), ("stage1_pose", "tiny"), ("curriculum", "")
 
 @pytest.mark.parametrize("name,arg", CONFIG_CASES)
 def test_config_builds_abstractly(repo_root, name, arg):
-    from dreamactor_jax.curriculum.driver import stage_config
+    from dreamactor_jax.config_lib import stage_config
 
     config = _load_config(repo_root, name, arg)
     # A curriculum config holds one train config per stage; each must build.

@@ -15,6 +15,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dreamactor_jax.data import video_io
+from dreamactor_jax.data.video_io import to_pixels, to_uint8  # noqa: F401  (re-exported: codec users' names)
+
 
 class Codec(Protocol):
     """Pixels (B, T, H, W, 3) in [-1, 1]  <->  latents (B, T', H', W', C)."""
@@ -57,46 +60,14 @@ def check_latents(latents_bthwc: Any, channels: int, who: str) -> None:
         raise ValueError(f"{who}: latents have an empty dimension: shape {shape}")
 
 
-CODECS = ("space_to_depth", "wan_vae")
-
-
-def get_codec(name: str, **kwargs) -> Codec:
-    """Returns the codec registered under ``name``: 'space_to_depth' or 'wan_vae'.
-
-    'wan_vae' takes ``weights`` (default ``$DREAMACTOR_WAN_VAE``), ``config`` (preset name, diffusers config
-    dict), ``dtype``, ``chunk_frames``, ``decode_chunk``, ``tiling``: see ``wan_vae.WanVAECodec``.
-    """
-    if name == "space_to_depth":
-        from dreamactor_jax.codecs.space_to_depth import SpaceToDepthCodec
-
-        return SpaceToDepthCodec(**kwargs)
-    if name == "wan_vae":
-        from dreamactor_jax.codecs.wan_vae import WanVAECodec
-
-        return WanVAECodec(**kwargs)
-    raise ValueError(f"unknown codec {name!r}; available: {list(CODECS)}")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Video files <-> latents.
-
-
-def to_pixels(frames_thw3: Any) -> np.ndarray:
-    """uint8 frames -> float32 in [-1, 1]."""
-    return np.asarray(frames_thw3, np.float32) / np.float32(127.5) - np.float32(1.0)
-
-
-def to_uint8(pixels: Any) -> np.ndarray:
-    """Pixels in [-1, 1] -> uint8 (rounded, clipped)."""
-    return np.clip(np.rint((np.asarray(pixels, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def _frame_blocks(
     path: str, height: int | None, width: int | None, max_frames: int | None, block: int
 ) -> Iterator[np.ndarray]:
     """(1, t, H, W, 3) float32 blocks of at most ``block`` frames of a video file (the first ``max_frames``)."""
-    from dreamactor_jax.data import video_io
-
     buf, n = [], 0
     for frame in video_io.iter_frames(path, height, width):
         if max_frames is not None and n >= max_frames:
@@ -130,8 +101,6 @@ def encode_video_file(
       trim: drop trailing frames beyond the largest count the codec takes (4k+1 for the Wan VAE);
         otherwise such a count is an error.
     """
-    from dreamactor_jax.data import video_io
-
     if (height is None) != (width is None):
         raise ValueError("encode_video_file: give both height and width, or neither")
     try:

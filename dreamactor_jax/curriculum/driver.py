@@ -25,7 +25,8 @@ import time
 import jax
 import ml_collections
 
-from dreamactor_jax.animate import Animator
+from dreamactor_jax.config_lib import stage_config
+from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.codecs import get_codec
 from dreamactor_jax.curriculum import evaluation, synthesis
 from dreamactor_jax.data import sources
@@ -73,20 +74,6 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, force:
     with open(path + ".tmp", "w") as f:
         json.dump(current, f, indent=2)
     os.replace(path + ".tmp", path)
-
-
-def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
-    """A complete train config (as ``launch/train.py`` takes) for ``stage1`` or ``stage2``."""
-    s = config[stage]
-    c = ml_collections.ConfigDict()
-    c.seed = config.seed
-    c.model = config.model
-    c.objective = config.objective
-    c.mesh = config.mesh
-    c.data = s.data
-    c.optim = s.optim
-    c.train = s.train
-    return ml_collections.ConfigDict(c.to_dict())
 
 
 def _done(workdir: str, phase: str) -> dict | None:

@@ -32,7 +32,8 @@ import os
 import jax
 import numpy as np
 
-from dreamactor_jax.animate import Animator
+from dreamactor_jax.data import video_io
+from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.data.procedural import dataset as proc
 from dreamactor_jax.data.procedural import estimator
 from dreamactor_jax.eval import metrics
@@ -256,10 +257,6 @@ def markdown_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return ((np.clip(x, -1, 1) + 1) * 127.5).round().astype(np.uint8)
-
-
 def write_grid(path: str, exs: list[dict], grids: dict, zoom: int = 3, poses: list[np.ndarray] | None = None) -> None:
     """GIF: one row per pair: reference | driving (pose, rgb) | each model's output | ground truth.
 
@@ -270,18 +267,7 @@ def write_grid(path: str, exs: list[dict], grids: dict, zoom: int = 3, poses: li
       zoom: nearest-neighbour upscaling.
       poses: the pose column per pair (default: the clean ``pose_video``).
     """
-    from PIL import Image
-
-    t = exs[0]["video"].shape[0]
     poses = [e["pose_video"] for e in exs] if poses is None else poses
-    frames = []
-    for ti in range(t):
-        rows = []
-        for i, e in enumerate(exs):
-            cells = [e["cross_reference"], poses[i][ti], e["video"][ti]]
-            cells += [g[i][ti] for g in grids.values()]
-            cells.append(e["cross_video"][ti])
-            rows.append(np.concatenate([np.pad(c, ((1, 1), (1, 1), (0, 0)), constant_values=1.0) for c in cells], 1))
-        img = _to_uint8(np.concatenate(rows, 0))
-        frames.append(Image.fromarray(img).resize((img.shape[1] * zoom, img.shape[0] * zoom), Image.NEAREST))
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=250, loop=0)
+    rows = [[e["cross_reference"], poses[i], e["video"], *(g[i] for g in grids.values()), e["cross_video"]]
+            for i, e in enumerate(exs)]
+    video_io.write_gif(path, video_io.grid_frames(rows, zoom=zoom), fps=4.0)

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from dreamactor_jax.animate import Animator
+from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.data import records
 from dreamactor_jax.data.procedural import dataset as proc
 from dreamactor_jax.eval import metrics

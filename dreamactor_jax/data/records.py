@@ -63,6 +63,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from array_record.python import array_record_module as arm
 
+from dreamactor_jax.data import video_io
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -140,14 +142,8 @@ def reset_skip_stats() -> None:
 # ----------------------------------------------------------------------------- encode / decode
 
 
-def pixels_to_uint8(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] float pixels -> uint8 0..255 (rounded, clipped)."""
-    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def uint8_to_pixels(x: np.ndarray) -> np.ndarray:
-    """uint8 0..255 -> float32 [-1, 1]."""
-    return np.asarray(x, np.float32) / np.float32(127.5) - np.float32(1.0)
+pixels_to_uint8 = video_io.to_uint8  # [-1, 1] float pixels -> uint8 0..255 (rounded, clipped)
+uint8_to_pixels = video_io.to_pixels  # uint8 0..255 -> float32 [-1, 1]
 
 
 _MAGIC = b"DAR1"

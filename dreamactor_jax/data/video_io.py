@@ -1,4 +1,6 @@
-"""Video files <-> uint8 RGB frames with PyAV (``av``; its wheel bundles FFmpeg and libx264), and GIFs (Pillow).
+"""Video files <-> uint8 RGB frames with PyAV (``av``; its wheel bundles FFmpeg and libx264), GIFs (Pillow), and
+the one home of the pixel conventions: model pixels are float32 in [-1, 1] (:func:`to_pixels`, :func:`to_uint8`),
+video grids (:func:`grid_frames`) and filmstrips for people.
 
 Frames are (T, H, W, 3) uint8. Resizing keeps the aspect ratio: scale so the frame covers the target
 (``fit``), then crop the centre; :class:`Fit` carries that map so keypoints can follow the pixels.
@@ -8,7 +10,8 @@ Decoding errors (corrupt or truncated files) raise :class:`VideoError` naming th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -146,3 +149,37 @@ def write_gif(path: str, frames_thw3: np.ndarray, fps: float = 8.0) -> None:
         raise ValueError(f"write_gif: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+
+
+# --- pixels and pictures ---------------------------------------------------------------------------------------
+
+
+def to_pixels(frames: Any) -> np.ndarray:
+    """uint8 frames -> float32 in [-1, 1]."""
+    return np.asarray(frames, np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_uint8(pixels: Any) -> np.ndarray:
+    """Pixels in [-1, 1] -> uint8 (rounded half to even, clipped)."""
+    return np.clip(np.rint((np.asarray(pixels, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def grid_frames(rows: Sequence[Sequence[np.ndarray]], zoom: int = 1, pad: int = 1) -> np.ndarray:
+    """A video grid: ``rows`` of cells, each a video (T,H,W,3) or a still (H,W,3) in [-1,1] -> (T,H',W',3) uint8.
+
+    Stills repeat over time; all cells share one (H, W) and the videos one T. Cells are separated by
+    ``pad`` white pixels and upscaled ``zoom`` times (nearest neighbour).
+    """
+    t = max((c.shape[0] for row in rows for c in row if c.ndim == 4), default=1)
+    out = []
+    for row in rows:
+        cells = [np.broadcast_to(c[None], (t, *c.shape)) if c.ndim == 3 else c for c in row]
+        cells = [np.pad(c, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=1.0) for c in cells]
+        out.append(np.concatenate(cells, axis=2))
+    frames = to_uint8(np.concatenate(out, axis=1))
+    return frames.repeat(zoom, 1).repeat(zoom, 2) if zoom > 1 else frames
+
+
+def filmstrip(frames_thw3: np.ndarray) -> np.ndarray:
+    """(T,H,W,3) -> one (H, T·W, 3) image of the frames side by side (a still for TensorBoard's Images tab)."""
+    return np.concatenate(list(frames_thw3), axis=1)

@@ -227,7 +227,7 @@ def attention_splash(q_bqhd, k_bkhd, v_bkhd, mask_bk=None, *, block: int = 512, 
     Token counts are padded to the block sizes (multiples of 128, shrunk for short
     sequences); padded keys and masked keys (``mask_bk`` false) get segment id 0
     against the queries' 1, so no query attends them. Inside a sharded program this
-    must run per shard: :func:`dreamactor_jax.parallel.sequence.attend` puts it in
+    must run per shard: :func:`dreamactor_jax.models.sequence_parallel.attend` puts it in
     ``shard_map``. A query whose keys are all masked gets zeros (the reference: the
     mean of the values).
     """

@@ -27,9 +27,9 @@ from dreamactor_jax.data import schema, sources
 from dreamactor_jax.models import lora
 from dreamactor_jax.models.build import count_params, init_params, model_config
 from dreamactor_jax.models.config import WanConfig
-from dreamactor_jax.parallel import rules, shard
+from dreamactor_jax.parallel import rules
 from dreamactor_jax.parallel.mesh import make_mesh
-from dreamactor_jax.train import abstract, checkpoint, flops, guards, observe, optim
+from dreamactor_jax.train import abstract, checkpoint, flops, guards, observe, optim, shard
 from dreamactor_jax.train import state as state_lib
 from dreamactor_jax.train.guards import NonFiniteError  # noqa: F401 (re-exported: callers catch loop.NonFiniteError)
 

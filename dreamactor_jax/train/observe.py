@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dreamactor_jax.config_lib import parse_profile_steps  # noqa: F401  (re-exported: its old home)
 from dreamactor_jax.train import flops
 
 TENSORBOARD_DIR = "tensorboard"
@@ -201,37 +202,6 @@ def progress_line(
 
 
 # --- profiling -----------------------------------------------------------------------------------------------
-
-
-def parse_profile_steps(value: Any) -> tuple[int, int] | None:
-    """``config.train.profile_steps`` -> (first, last) step numbers, inclusive, as logged (1-based); None: off.
-
-    Accepts ``""``/None (off), ``"A:B"``, ``"A"`` (one step), or a pair ``(A, B)``.
-
-    Raises:
-      ValueError: anything else, or not ``1 <= A <= B``.
-    """
-    if (
-        value is None
-        or (isinstance(value, str) and not value.strip())
-        or (isinstance(value, Sequence) and not isinstance(value, str) and not value)
-    ):
-        return None
-    try:
-        if isinstance(value, str):
-            parts = [int(p) for p in value.strip().split(":")]
-        else:
-            parts = [int(p) for p in value]
-        if len(parts) == 1:
-            parts = parts * 2
-        a, b = parts
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"config.train.profile_steps={value!r}: use 'A:B' (steps A..B, inclusive), 'A', or ''"
-        ) from None
-    if not 1 <= a <= b:
-        raise ValueError(f"config.train.profile_steps={value!r}: need 1 <= first <= last step")
-    return a, b
 
 
 class ProfileWindow:

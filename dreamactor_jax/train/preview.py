@@ -1,6 +1,6 @@
 """Sample previews during training: the current params animate a fixed held-out batch every N steps.
 
-Every ``config.train.preview_every`` steps (0: off) the sampler (:class:`dreamactor_jax.animate.Animator`, the
+Every ``config.train.preview_every`` steps (0: off) the sampler (:class:`dreamactor_jax.diffusion.animator.Animator`, the
 same code synthesis and evaluation use) runs ``preview_steps`` steps on ``preview_examples`` fixed examples
 (``data.sources.preview_batch``) with a fixed noise seed, so successive previews differ only by training. Each
 writes ``previews/step_<N>.gif`` (one row per example: reference | motion | sample | target, animated over
@@ -19,8 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from dreamactor_jax.animate import Animator, filmstrip, grid_frames
 from dreamactor_jax.data import sources, video_io
+from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.diffusion.sampler import SamplerConfig
 from dreamactor_jax.models.config import WanConfig
 
@@ -80,11 +80,11 @@ class Previewer:
         sample = np.clip(np.asarray(self.codec.decode(np.asarray(lat))), -1.0, 1.0)
         if self.main:
             rows = [[self.reference[i], self.motion[i], sample[i], self.target[i]] for i in range(len(sample))]
-            frames = grid_frames(rows, zoom=2)
+            frames = video_io.grid_frames(rows, zoom=2)
             os.makedirs(self.dir, exist_ok=True)
             path = os.path.join(self.dir, f"step_{step:06d}.gif")
             video_io.write_gif(path, frames, self.fps)
             self.written.append(path)
             if self.log is not None:
-                self.log.images(step, {"preview": filmstrip(frames)})
+                self.log.images(step, {"preview": video_io.filmstrip(frames)})
         return time.perf_counter() - t0

@@ -6,10 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """[-1, 1] float images -> uint8."""
-    return np.clip(np.round((np.asarray(frames) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from dreamactor_jax.data.video_io import to_uint8, write_gif
 
 
 def _upscale(img_hwc: np.ndarray, factor: int) -> np.ndarray:
@@ -57,10 +54,8 @@ def contact_sheet(examples: Sequence[dict], frames_shown: int = 4, zoom: int = 4
     return sheet
 
 
-def gif_frames(examples: Sequence[dict], zoom: int = 4) -> list:
-    """Pillow frames: per time step, rows of (pose | target | cross target) for every example."""
-    from PIL import Image
-
+def gif_frames(examples: Sequence[dict], zoom: int = 4) -> np.ndarray:
+    """(T, H', W', 3) uint8: per time step, rows of (pose | target | cross target) for every example."""
     out = []
     t = examples[0]["video"].shape[0]
     for i in range(t):
@@ -71,8 +66,8 @@ def gif_frames(examples: Sequence[dict], zoom: int = 4) -> list:
             row = [x for tile in tiles for x in (_upscale(to_uint8(tile), zoom), sep)][:-1]
             rows.append(np.concatenate(row, 1))
             rows.append(np.full((2, rows[-1].shape[1], 3), 255, np.uint8))
-        out.append(Image.fromarray(np.concatenate(rows[:-1], 0)))
-    return out
+        out.append(np.concatenate(rows[:-1], 0))
+    return np.stack(out)
 
 
 def write_preview(out_png: str, examples: Sequence[dict], gif: str | None = None, frames_shown: int = 4,
@@ -80,5 +75,4 @@ def write_preview(out_png: str, examples: Sequence[dict], gif: str | None = None
     """Writes the contact sheet (and optionally the GIF)."""
     contact_sheet(examples, frames_shown, zoom).save(out_png)
     if gif:
-        frames = gif_frames(examples, zoom)
-        frames[0].save(gif, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+        write_gif(gif, gif_frames(examples, zoom), fps)
