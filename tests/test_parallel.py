@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dreamactor_jax.models import attention as attn_lib
-from dreamactor_jax.models import transformer as transformer_lib
 from dreamactor_jax.models.build import abstract_model, split_params
 from dreamactor_jax.models.config import get_preset
 from dreamactor_jax.parallel import rules as rules_lib
@@ -255,12 +253,19 @@ def test_tiny_model_forward_sharded_matches_single_device(monkeypatch, per_token
     mesh = make_mesh(dict(data=2, fsdp=2, sequence=2))
     shardings = rules_lib.param_shardings(abstract_model(cfg), mesh)
     params = jax.device_put(params, shardings)
-    patched = types.SimpleNamespace(rope_tables=attn_lib.rope_tables, apply_rope=attn_lib.apply_rope,
-                                    attend=sequence.attend)
-    monkeypatch.setattr(transformer_lib, "attn_lib", patched)
+    # The transformer's attention goes through sequence.attend; count the sequence-parallel calls it makes, so
+    # the comparison cannot pass by the mesh quietly falling back to plain attention.
+    strategies, real = [], sequence.sequence_parallel_attention
+
+    def spy(*a, **kw):
+        strategies.append((kw["strategy"], kw["kv_sharded"]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sequence, "sequence_parallel_attention", spy)
     with jax.set_mesh(mesh):
         out = jax.jit(lambda p, *a: merge(graphdef, p)(*a))(params, x, ts, text, text_mask)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-4)
+    assert ("ulysses", True) in strategies, strategies  # self-attention over the sequence-sharded tokens
 
 
 # --- flash and splash kernels ----------------------------------------------------------------------------------------
