@@ -22,6 +22,7 @@ import numpy as np
 
 from dreamactor_jax import config_lib
 from dreamactor_jax.data import video_io
+from dreamactor_jax.data.components import components
 from dreamactor_jax.data.video_io import filmstrip, grid_frames, to_uint8  # noqa: F401  (re-exported)
 from dreamactor_jax.diffusion import sampler as sampler_lib
 from dreamactor_jax.diffusion.animator import Animator  # noqa: F401  (re-exported: the public name)
@@ -173,10 +174,9 @@ def demo_pair(config: ml_collections.ConfigDict, index: int = 0) -> tuple[np.nda
     The reference is a character never seen in training; the driving signal is another test character's motion,
     as pose render (stage 1 configs) or RGB video (stage 2), as the evaluation phase pairs them.
     """
-    from dreamactor_jax.data import sources
     from dreamactor_jax.data.procedural import make_example
 
-    ex = make_example("test", index, sources.procedural_config(config, "test"))
+    ex = make_example("test", index, components(config).procedural("test"))
     return ex["cross_reference"], ex["pose_video"] if config.data.stage == 1 else ex["video"], ex["cross_caption"]
 
 
@@ -226,10 +226,6 @@ def animate_files(
     Returns:
       A summary: outputs, frames, height, width, weights source, seconds.
     """
-    from dreamactor_jax.data import sources
-    from dreamactor_jax.data.procedural import ProceduralConfig
-    from dreamactor_jax.data.text import TextEncoder
-
     t0 = time.perf_counter()
     if layout not in ("video", "side_by_side"):
         raise ValueError(f"layout={layout!r}; use 'video' or 'side_by_side'")
@@ -245,10 +241,9 @@ def animate_files(
         )
     config = train_config(rc, stage)
     d = config.data
-    codec = sources.codec_from(config)
-    height, width = d.height * codec.spatial_factor, d.width * codec.spatial_factor
-    tf = codec.temporal_factor
-    want = frames if frames is not None else (d.frames - 1) * tf + 1
+    comp = components(config)
+    codec, height, width, tf = comp.codec, comp.height, comp.width, comp.codec.temporal_factor
+    want = frames if frames is not None else comp.frames
     if (reference is None) != (driving is None):
         raise ValueError("give both a reference and a driving file, or neither (a procedural test pair)")
     if reference is None:
@@ -263,12 +258,14 @@ def animate_files(
         raise ValueError(f"{driving}: {motion.shape[0]} driving frame(s); need at least {tf + 1}")
     motion = motion[:n]
     scfg = sampler_lib.SamplerConfig(**{**dict(sampler or {}), "given_region": config.objective.given_region})
-    text = TextEncoder(length=d.text_len, dim=w.mcfg.text_dim, seed=config.seed)
-    anim = Animator(w.mcfg, w.params, codec, scfg, text, masked_frames=d.motion_masked_frames)
+    if w.mcfg.text_dim != comp.model.text_dim:
+        raise ValueError(f"{weights_path}: text_dim {w.mcfg.text_dim}, but the run config's model has "
+                         f"{comp.model.text_dim}: pass the config the model was trained with")
+    anim = Animator(w.mcfg, w.params, codec, scfg, comp.text, masked_frames=d.motion_masked_frames)
     video = anim(ref[None], motion[None], [caption], jax.random.key(seed))[0]
     cells = [video] if layout == "video" else [ref, motion, video]
     out_frames = grid_frames([cells], zoom=zoom, pad=0 if layout == "video" else 1)
-    fps = fps or ProceduralConfig().fps
+    fps = fps or comp.fps
     for out in outputs:
         write_video(out, out_frames, fps)
     return {

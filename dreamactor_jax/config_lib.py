@@ -79,7 +79,8 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     t.preview_every = 0  # steps between sample previews (workdir/previews/*.gif + TensorBoard images); 0: off
     t.preview_examples = 2  # fixed examples per preview
     t.preview_steps = 8  # sampler steps per preview
-    t.preview_method = "unipc"  # sampler of the previews (diffusion.sampler.SAMPLERS)
+    t.preview_method = "unipc"  # sampler of the previews (diffusion.sampler.SAMPLERS); optional preview_shift (σ
+    # shift, default 3.0) and preview_guidance (default 1.0) may be set too; previews play at the data's fps
     t.preview_source = "validation"  # "validation" (held-out procedural clips) | "train" (training batch 0)
     t.profile_steps = ""  # "A:B": jax.profiler trace of steps A..B (inclusive, as logged) into workdir/profile
     t.update(overrides)

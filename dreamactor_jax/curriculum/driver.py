@@ -26,13 +26,11 @@ import jax
 import ml_collections
 
 from dreamactor_jax.config_lib import stage_config
-from dreamactor_jax.diffusion.animator import Animator
-from dreamactor_jax.codecs import get_codec
 from dreamactor_jax.curriculum import evaluation, synthesis
-from dreamactor_jax.data import sources
-from dreamactor_jax.data.text import TextEncoder
+from dreamactor_jax.data.components import Components, components
+from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.diffusion.sampler import SamplerConfig
-from dreamactor_jax.models.build import init_params, model_config
+from dreamactor_jax.models.build import init_params
 from dreamactor_jax.train import checkpoint, observe
 from dreamactor_jax.train import loop as train_loop
 
@@ -109,12 +107,10 @@ def _sampler(c: ml_collections.ConfigDict, objective) -> SamplerConfig:
                          given_region=objective.given_region)
 
 
-def _animator(config, params, scfg, data_cfg) -> Animator:
-    mcfg = model_config(config.model)
-    codec = get_codec(data_cfg.codec.name, spatial_factor=data_cfg.codec.spatial_factor,
-                      latent_channels=data_cfg.channels)
-    text = TextEncoder(length=data_cfg.text_len, dim=mcfg.text_dim, seed=config.seed)
-    return Animator(mcfg, params, codec, scfg, text, masked_frames=data_cfg.motion_masked_frames)
+def _animator(comp: Components, params, scfg) -> Animator:
+    """The sampler for a stage's resolved components (its codec with weights and tiling, its text encoder)."""
+    return Animator(comp.model, params, comp.codec, scfg, comp.text,
+                    masked_frames=comp.config.data.motion_masked_frames)
 
 
 def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> dict:
@@ -128,14 +124,11 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
         out = train_loop.run(sc, pdir)
         summary = {"steps": out["steps"], "final_loss": out["final_loss"], "checkpoints": out["checkpoints"]}
     elif phase == "synthesis":
-        d = config.stage1.data
+        comp = components(stage_config(config, "stage1"))
         params = _params(workdir, "stage1", config.synthesis.weights)
-        anim = _animator(config, params, _sampler(config.synthesis.sampler, config.objective), d)
-        mcfg = model_config(config.model)
-        summary = synthesis.run_synthesis(
-            anim, anim.codec, TextEncoder(length=d.text_len, dim=mcfg.text_dim, seed=config.seed),
-            sources.procedural_config(stage_config(config, "stage1"), "train"), config.synthesis, pdir,
-            config.seed)
+        anim = _animator(comp, params, _sampler(config.synthesis.sampler, config.objective))
+        summary = synthesis.run_synthesis(anim, comp.codec, comp.text, comp.procedural("train"), config.synthesis,
+                                          pdir, config.seed)
         if summary["accepted"] == 0:
             raise RuntimeError(f"synthesis accepted none of {summary['clips']} clips (threshold "
                                f"{config.synthesis.threshold}); see {pdir}/acceptance-*.jsonl")
@@ -150,18 +143,18 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
     elif phase == "eval":
         e = config.eval
         scfg = _sampler(e.sampler, config.objective)
-        d1 = config.stage1.data
-        untrained = init_params(model_config(config.model), config.seed)[1]
+        comp = components(stage_config(config, "stage1"))
+        untrained = init_params(comp.model, config.seed)[1]
         # Every model that exists: untrained always; a stage once its phase is done (``--only=eval`` after
         # stage 1 compares untrained with stage 1).
         # One Animator (one compiled sampler) for every model: the stages share architecture, codec and sizes.
-        anim = _animator(config, None, scfg, d1)
+        anim = _animator(comp, None, scfg)
         animators = {"untrained": (functools.partial(anim, params=untrained), "pose")}
         if _done(workdir, "stage1"):
             animators["stage1"] = (functools.partial(anim, params=_params(workdir, "stage1", e.weights)), "pose")
         if _done(workdir, "stage2"):
             animators["stage2"] = (functools.partial(anim, params=_params(workdir, "stage2", e.weights)), "rgb")
-        pcfg = sources.procedural_config(stage_config(config, "stage1"), "test")
+        pcfg = comp.procedural("test")
         # Clean and estimated-pose settings plus the copy-reference / background baselines; DONE.json keeps a
         # short summary, the full table is eval/table.json.
         table = evaluation.evaluate(animators, pcfg, e.num_pairs, e.batch_size, pdir, config.seed, e.grid_pairs,

@@ -109,6 +109,8 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
     if tiny:
         c.stage1.data.procedural.update(TINY_MOTION)
     c.stage1.data.records_dir = "" if tiny else "gs://BUCKET/latents/stage1"  # precomputed latent records
+    if not tiny:  # the Wan2.1 VAE (8x space, 4x time, 16 channels); weights "" reads $DREAMACTOR_WAN_VAE, else errors
+        c.stage1.data.codec.update(name="wan_vae", spatial_factor=8)
     c.stage1.optim = config_lib.optim_section(lr=lr, warmup_steps=20 if tiny else 500,
                                               schedule="cosine" if tiny else "constant", final_lr_fraction=0.1)
     c.stage1.train = _train(tiny, steps1)
@@ -126,6 +128,7 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
     c.stage2.data = sources.data_section(stage=2, **dict(data, source="records"))
     if tiny:
         c.stage2.data.procedural.update(TINY_MOTION)  # the pose_mix batches
+    c.stage2.data.codec = ml_collections.ConfigDict(c.stage1.data.codec.to_dict())
     c.stage2.data.pose_mix = 0.25  # fraction of stage-2 batches that are stage-1 pose batches
     c.stage2.optim = config_lib.optim_section(lr=lr / 2 if tiny else lr, warmup_steps=10 if tiny else 500,
                                               schedule="cosine" if tiny else "constant", final_lr_fraction=0.1)

@@ -27,8 +27,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from dreamactor_jax.codecs import get_codec
 from dreamactor_jax.data import pipeline, synthetic
+from dreamactor_jax.data.components import build_codec, components
 from dreamactor_jax.data.procedural import dataset as proc
 from dreamactor_jax.data.text import TextEncoder
 
@@ -36,26 +36,14 @@ SOURCES = ("synthetic", "procedural", "records")
 
 
 def codec_from(config: ml_collections.ConfigDict):
-    """The codec ``config.data.codec`` names, with the run's latent channels; the Wan VAE also takes its weights."""
-    c = config.data.codec
-    kwargs = dict(spatial_factor=c.spatial_factor, latent_channels=config.data.channels)
-    if c.name == "wan_vae":
-        # weights '' falls back to $DREAMACTOR_WAN_VAE (codecs.wan_vae.WanVAECodec)
-        kwargs.update(weights=c.get("weights") or None, tiling=bool(c.get("tiling", False)))
-    return get_codec(c.name, **kwargs)
+    """The run's codec (``config.data.codec``, with its weights and tiling), built once per setting: see
+    :func:`dreamactor_jax.data.components.build_codec`."""
+    return build_codec(config)
 
 
 def procedural_config(config: ml_collections.ConfigDict, split: str | None = None) -> proc.ProceduralConfig:
-    """Pixel-space generator settings: latent sizes times the codec's factors."""
-    d = config.data
-    codec = codec_from(config)
-    p = d.procedural
-    return proc.ProceduralConfig(
-        frames=(d.frames - 1) * codec.temporal_factor + 1, height=d.height * codec.spatial_factor,
-        width=d.width * codec.spatial_factor, seed=config.seed, body_plans=tuple(p.body_plans),
-        max_subjects=p.max_subjects, two_subject_prob=p.two_subject_prob, cross_mode=p.cross_mode,
-        fps=float(p.get("fps", 8.0)), travel=tuple(p.get("travel", (0.0, 0.0))),
-        pose_augment_prob=p.pose_augment_prob if (split or d.split) == "train" else 0.0)
+    """Pixel-space generator settings: latent sizes times the codec's factors (pose augmentation on train only)."""
+    return components(config).procedural(split)
 
 
 class EncodeExample(grain.transforms.Map):

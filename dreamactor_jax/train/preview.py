@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from dreamactor_jax.data import sources, video_io
+from dreamactor_jax.data.components import components
 from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.diffusion.sampler import SamplerConfig
 from dreamactor_jax.models.config import WanConfig
@@ -48,18 +49,19 @@ class Previewer:
         self.seed = config.seed
         batch = sources.preview_batch(config, mcfg.text_dim, int(t.preview_examples), t.preview_source)
         self.batch = batch
-        self.codec = sources.codec_from(config)
+        comp = components(config)
+        self.codec = comp.codec
         scfg = SamplerConfig(
             method=str(t.get("preview_method", "unipc")),
             steps=int(t.preview_steps),
-            shift=3.0,
-            guidance=1.0,
+            shift=float(t.get("preview_shift", 3.0)),
+            guidance=float(t.get("preview_guidance", 1.0)),
             given_region=config.objective.given_region,
         )
         self.animator = Animator(mcfg, None, self.codec, scfg, text_encoder=None, mesh=mesh)
         decode = lambda k: np.clip(np.asarray(self.codec.decode(batch[k])), -1.0, 1.0)
         self.reference, self.motion, self.target = decode("reference")[:, 0], decode("motion"), decode("target")
-        self.fps = 8.0
+        self.fps = comp.fps
         self.written: list[str] = []
 
     def due(self, step: int) -> bool:
