@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-SAMPLERS = ("euler", "unipc")
+SAMPLERS = ("euler", "ab2", "unipc")  # "unipc" = "ab2" (AB2 predictor + trapezoid corrector), as in JAX
 
 
 def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
@@ -131,7 +131,7 @@ def torch_sample(
         s, s_next = sigmas[i], sigmas[i + 1]
         hstep = s_next - s
         v = velocity(x, s)
-        if method == "unipc":
+        if method in ("ab2", "unipc"):
             if i > 0:  # corrector of the previous step, now that v at its endpoint is known (trapezoid)
                 x = x_prev + 0.5 * h_prev * (v_prev + v)
             ratio = hstep / (h_prev if h_prev != 0 else 1.0) if i > 0 else 0.0

@@ -139,3 +139,37 @@ def test_order_of_accuracy_under_step_halving(method, lo, hi):
         errs.append(float(np.abs(np.asarray(out)[:, 1:] - exact).max()))
     ratios = [errs[i] / errs[i + 1] for i in range(len(errs) - 1)]
     assert all(lo < r < hi for r in ratios), (errs, ratios)
+
+
+def _ab2_trapezoid_reference(x1: np.ndarray, steps: int) -> np.ndarray:
+    """The ``unipc`` scheme written out in float64 (PEC): at each σ_i evaluate v_i at the predicted x_i, correct
+    x_i by the trapezoid from x_{i-1}, then predict x_{i+1} with variable-step AB2,
+    x_i + h_i·(v_i + h_i / (2·h_{i-1})·(v_i - v_{i-1}))."""
+    f = lambda s, x: np.cos(3 * s) * x + s**2  # noqa: E731
+    sig = np.linspace(1.0, 0.0, steps + 1)
+    x, x_prev, v_prev, h_prev = x1.astype(np.float64), None, None, None
+    for i in range(steps):
+        h = sig[i + 1] - sig[i]
+        v = f(sig[i], x)
+        if i:
+            x = x_prev + 0.5 * h_prev * (v_prev + v)
+            v_eff = v + 0.5 * (h / h_prev) * (v - v_prev)
+        else:
+            v_eff = v
+        x_prev, v_prev, h_prev = x, v, h
+        x = x + h * v_eff
+    return x
+
+
+@pytest.mark.parametrize("steps", [3, 8])
+def test_unipc_is_ab2_with_the_trapezoid_corrector(steps):
+    """The sampler's coefficients, not only its order: a wrong AB2 or corrector weight keeps second order (the
+    corrector repairs the predictor) but moves the result far beyond float32 noise."""
+    target, motion, text = _problem(b=1, t=2, h=4, w=4)
+    noise = jnp.asarray(np.random.default_rng(4).standard_normal((1, 2, 4, 8, 5)), jnp.float32)
+    want = np.asarray(canvas.split_canvas(jnp.asarray(_ab2_trapezoid_reference(np.asarray(noise), steps),
+                                                      jnp.float32))[0])[:, 1:]
+    out = sampler.sample(_LinearField(), target[:, :1], motion, text, None, jax.random.key(0),
+                         sampler.SamplerConfig(method="unipc", steps=steps, shift=1.0, given_region="clean"),
+                         noise_bthwc=noise)
+    np.testing.assert_allclose(np.asarray(out)[:, 1:], want, atol=2e-5, rtol=0)

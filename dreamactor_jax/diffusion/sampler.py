@@ -8,11 +8,12 @@ sample's fixed noise (``given_region="noised"``, as training sees them), or fed
 clean with per-token timestep 0 (``"clean"``). Classifier-free guidance on text
 runs the conditional and null (zero-text) branches in one batched call.
 
-``unipc``: each step predicts with a variable-step second-order Adams–Bashforth
-extrapolation of the velocity and, once the model has been evaluated at the
-predicted point (the next step's evaluation, so no extra model calls), corrects
-the step with the trapezoidal rule — the predictor–corrector structure of UniPC
-(bh2), written for the velocity parameterisation. ``euler`` is first order.
+``ab2`` (alias ``unipc``, the name configs use): each step predicts with a variable-step second-order
+Adams–Bashforth extrapolation of the velocity and, once the model has been evaluated at the predicted point
+(the next step's evaluation, so no extra model calls), corrects the step with the trapezoidal rule. That is
+the predictor–corrector structure of UniPC (bh2), not diffusers' ``UniPCMultistepScheduler`` itself: it is
+AB2 plus a trapezoid corrector, second order (tests/test_sampler.py checks the order and the coefficients).
+``euler`` is first order.
 
 ``renoise`` (ancestral): each step takes the model's estimate ``x̂0 = x - σv`` and
 noises it afresh to the next level, ``(1-σ')·x̂0 + σ'·z`` with new Gaussian ``z``
@@ -33,12 +34,12 @@ import jax.numpy as jnp
 from dreamactor_jax.diffusion import flow
 from dreamactor_jax.models import canvas
 
-SAMPLERS = ("euler", "unipc", "renoise")
+SAMPLERS = ("euler", "ab2", "unipc", "renoise")  # "unipc" is "ab2" under the name older configs use
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    method: str = "unipc"  # "euler" | "unipc"
+    method: str = "unipc"  # one of SAMPLERS ("unipc" = "ab2")
     steps: int = 20
     shift: float = 3.0  # Wan uses 3 (I2V 480p) to 5
     guidance: float = 1.0  # text CFG scale; 1 disables the null branch
@@ -110,7 +111,7 @@ def sample(model, reference_b1hwc, motion_bthwc, text_ble, text_mask_bl, rng, sc
             x0_hat = x - s * v
             z = jax.random.normal(jax.random.fold_in(rng, i + 1), x.shape, jnp.float32)
             return ((1.0 - s_next) * x0_hat + s_next * z, v, x, hstep), None
-        if scfg.method == "unipc":
+        if scfg.method in ("ab2", "unipc"):
             # Corrector for the previous step now that v at its predicted endpoint is known (trapezoid).
             x = jnp.where(i > 0, x_prev + 0.5 * h_prev * (v_prev + v), x)
             ratio = jnp.where(i > 0, hstep / jnp.where(h_prev == 0, 1.0, h_prev), 0.0)
