@@ -20,6 +20,7 @@ def _tiny(repo_root, **mesh):
     return c
 
 
+@pytest.mark.slow  # ~90 s; test_aot_cli compiles the tiny step for a TPU topology in the default run
 def test_tiny_compiles_for_v5p_2x2x2(repo_root):
     from dreamactor_jax.train import aot
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from dreamactor_jax.curriculum import driver, presets
 from dreamactor_jax.data import sources
+from dreamactor_jax.data.components import components
 from dreamactor_jax.data.procedural import dataset as proc
 from dreamactor_jax.eval import metrics
 from dreamactor_jax.train import checkpoint
@@ -47,7 +48,7 @@ def test_overfit_clip_is_reproduced_by_the_animator(tmp_path):
     # The training source's only clip is train example 0 (a shuffle of one).
     np.testing.assert_array_equal(sources.make_source(sc, 32)(0)["target"][0],
                                   sources.codec_from(sc).encode(clip["video"][None])[0])
-    anim = driver._animator(c, params, driver._sampler(c.eval.sampler, c.objective), sc.data)
+    anim = driver._animator(components(sc), params, driver._sampler(c.eval.sampler, c.objective))
     out = anim(clip["reference"][None], clip["pose_video"][None], [clip["caption"]], jax.random.key(1))[0]
     psnr = metrics.psnr(out[1:], clip["video"][1:])
     copy = metrics.psnr(np.broadcast_to(clip["reference"], clip["video"].shape)[1:], clip["video"][1:])

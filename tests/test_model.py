@@ -127,6 +127,7 @@ def test_unknown_preset_and_field():
         get_preset("tiny", attention_head_dim=33)
 
 
+@pytest.mark.slow  # ~57 s
 def test_scan_unroll_and_remat_policies_give_same_loss_and_grads():
     """Layer scan vs Python loop, and every remat policy, compute the same loss and gradients."""
     from dreamactor_jax.data import synthetic

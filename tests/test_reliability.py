@@ -61,6 +61,7 @@ def _assert_same_run(workdir, reference):
 # --- interruptions ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~95 s; exact resume is also covered by the SIGTERM and truncated-checkpoint tests
 def test_sigkill_at_random_steps_resumes_exactly(tmp_path, env, reference):
     out = chaos.chaos(3, tmp_path, env=env, reference=reference, seed=3)
     assert out["exact"] == 3 and out["final_exact"], out
