@@ -1,9 +1,10 @@
 """A train config resolved once into the objects a run needs: model config, codec, text encoder, pixel sizes.
 
-The loop, previews, synthesis, evaluation, ``animate_files`` and ``examples/serve_torch.py`` take these objects
-from :func:`components` instead of rebuilding them from ConfigDicts, so they cannot drift apart (the codec's
-weights and tiling, the text encoder's seed, the procedural generator's pixel sizes). Resolution is cached on
-the config's contents: the Wan VAE's weights load once per process, however many callers ask.
+Previews, the curriculum's synthesis and evaluation, ``animate_files`` and ``data.sources`` (``codec_from``,
+``procedural_config``, which the loop and ``examples/serve_torch.py`` reach) take these objects from
+:func:`components` instead of rebuilding them from ConfigDicts, so they cannot drift apart (the codec's weights
+and tiling, the text encoder's seed, the procedural generator's pixel sizes). Resolution is cached on the
+config's contents: the Wan VAE's weights load once per process, however many callers ask.
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ class Components:
 _CODECS: dict[str, object] = {}
 
 
+def _cached(cache: dict, key: str, build):
+    """``cache[key]``, built by ``build()`` on a miss; the oldest entry goes once ``_CACHE_SIZE`` are held."""
+    if key not in cache:
+        if len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = build()
+    return cache[key]
+
+
 def build_codec(config: ml_collections.ConfigDict):
     """The codec ``config.data.codec`` names, with the run's latent channels (``config.data.channels``); the Wan
     VAE also takes its weights and tiling. Built once per distinct codec setting in a process (weights load once).
@@ -75,11 +85,7 @@ def build_codec(config: ml_collections.ConfigDict):
         kwargs.update(weights=c.get("weights") or os.environ.get(wan_vae_env) or None,
                       tiling=bool(c.get("tiling", False)))
     key = json.dumps([c.name, kwargs], sort_keys=True, default=repr)
-    if key not in _CODECS:
-        if len(_CODECS) >= _CACHE_SIZE:
-            _CODECS.pop(next(iter(_CODECS)))
-        _CODECS[key] = get_codec(c.name, **kwargs)
-    return _CODECS[key]
+    return _cached(_CODECS, key, lambda: get_codec(c.name, **kwargs))
 
 
 def _check(config: ml_collections.ConfigDict, mcfg: WanConfig, codec) -> None:
@@ -120,9 +126,4 @@ def components(config: ml_collections.ConfigDict) -> Components:
       ValueError: naming the field, when the codec's latent channels do not match ``config.data.channels`` or
         the model's input/output channels, or a latent size is not divisible by the model's patch.
     """
-    key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
-    if key not in _CACHE:
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _resolve(config)
-    return _CACHE[key]
+    return _cached(_CACHE, json.dumps(config.to_dict(), sort_keys=True, default=repr), lambda: _resolve(config))
