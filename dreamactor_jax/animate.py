@@ -58,7 +58,7 @@ def load_weights(path: str, *, weights: str = "auto", step: int | None = None, d
 
     Args:
       path: a run's workdir (holding ``checkpoints/``), a checkpoint directory, or a diffusers / original Wan2.1
-        transformer directory (``launch/convert.py export`` writes one; read by ``dreamactor_jax.convert.io``).
+        transformer directory (``launch/convert.py export`` writes one; read by ``dreamactor_jax.convert.pretrained``).
       weights: checkpoints only: ``params``, ``ema``, or ``auto`` (EMA when the run kept one).
       step: checkpoints only: the step (default: the newest).
       dtype: compute dtype (``float32`` | ``bfloat16``); default: the checkpoint's, float32 for a transformer dir.
@@ -67,11 +67,11 @@ def load_weights(path: str, *, weights: str = "auto", step: int | None = None, d
       The loaded weights; ``run_config`` is the run's resolved config for checkpoints (None for exports).
     """
     if is_transformer_dir(path):
-        from dreamactor_jax.convert import io, names
+        from dreamactor_jax.convert import names, pretrained
 
-        source = io.open_weights(path)
-        cfg = io.resolve_config(source).replace(dtype=dtype or "float32", param_dtype="float32")
-        params = names.unflatten({k: jnp.asarray(v) for k, v in io.load_params(source, cfg).items()})
+        source = pretrained.open_weights(path)
+        cfg = pretrained.resolve_config(source).replace(dtype=dtype or "float32", param_dtype="float32")
+        params = names.unflatten({k: jnp.asarray(v) for k, v in pretrained.load_params(source, cfg).items()})
         return Weights(cfg, params, None, source.layout, os.path.abspath(path))
     from dreamactor_jax.train import checkpoint
 

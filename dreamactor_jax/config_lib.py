@@ -117,15 +117,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for f in ("batch_size", "frames", "height", "width", "channels", "text_len"):
         if int(d[f]) < 1:
             raise ValueError(f"config.data.{f} must be positive, got {d[f]}")
+    from dreamactor_jax.data.components import check_sizes
+
+    check_sizes(config, mcfg)
     pt, ph, pw = mcfg.patch_size
-    for f, p in (("frames", pt), ("height", ph), ("width", pw)):
-        if d[f] % p:
-            raise ValueError(f"config.data.{f}={d[f]} is not divisible by the model patch size {p}")
-    if 2 * d.channels + 4 != mcfg.in_channels:
-        raise ValueError(f"config.data.channels={d.channels} gives a {2 * d.channels + 4}-channel canvas but "
-                         f"config.model in_channels is {mcfg.in_channels} (need 2·C + 4)")
-    if d.channels != mcfg.out_channels:
-        raise ValueError(f"config.data.channels={d.channels} must equal the model's out_channels {mcfg.out_channels}")
     if int(d.get("prefetch", 0)) < 0:
         raise ValueError(f"config.data.prefetch must be >= 0 (0: off), got {d.prefetch}")
     if not 0 <= d.motion_masked_frames < d.frames:

@@ -161,16 +161,14 @@ def conditions(
 ) -> dict:
     """Latent conditions (batch of 1) from files, or from procedural test pair 0; numpy, as both samplers take."""
     from dreamactor_jax import animate
-    from dreamactor_jax.data import sources
+    from dreamactor_jax.data.components import components
     from dreamactor_jax.data.procedural import dataset as proc
-    from dreamactor_jax.data.text import TextEncoder
 
     d = config.data
-    codec = sources.codec_from(config)
-    h, w, tf = d.height * codec.spatial_factor, d.width * codec.spatial_factor, codec.temporal_factor
-    frames = (d.frames - 1) * tf + 1
+    comp = components(config)  # the run's codec (weights, tiling), text encoder and pixel sizes
+    codec, h, w, frames, tf = comp.codec, comp.height, comp.width, comp.frames, comp.codec.temporal_factor
     if reference is None or driving is None:
-        ex = proc.make_example("test", 0, sources.procedural_config(config, "test"))
+        ex = proc.make_example("test", 0, comp.procedural("test"))
         ref_px = ex["cross_reference"]
         mot_px = ex["pose_video"] if d.stage == 1 else ex["video"]
         caption = caption or ex["cross_caption"]
@@ -182,7 +180,7 @@ def conditions(
     mot = np.asarray(codec.encode(mot_px[None].astype(np.float32)))
     valid = np.ones(mot.shape[:2], np.float32)
     valid[:, : d.motion_masked_frames] = 0.0
-    text, tmask = TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed).encode_batch([caption])
+    text, tmask = comp.text_for(text_dim).encode_batch([caption])
     return {"reference": ref, "motion": mot, "valid": valid, "text": text, "text_mask": tmask, "codec": codec}
 
 

@@ -6,16 +6,13 @@ import sys
 
 import pytest
 
+from dreamactor_jax import config_lib
+
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
 
 
 def _tiny(repo_root, **mesh):
-    import importlib.util as iu
-
-    spec = iu.spec_from_file_location("stage1_pose", repo_root / "configs" / "stage1_pose.py")
-    mod = iu.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("tiny")
+    c = config_lib.load_config("configs/stage1_pose.py:tiny")
     c.mesh.update(mesh)
     return c
 

@@ -40,7 +40,8 @@ def test_tiny_resolves_once_to_the_runs_sizes(built):
     comp = comp_lib.components(c)
     again = config_lib.stage_config(presets.curriculum_config("tiny"), "stage1")  # an equal, separate config
     assert comp_lib.components(again) is comp
-    assert sources.codec_from(again) is comp.codec and sources.procedural_config(again, "train") == comp.procedural("train")
+    assert sources.codec_from(again) is comp.codec
+    assert sources.procedural_config(again, "train") == comp.procedural("train")
     assert len(built) == 1, built
     d = c.data
     assert (comp.frames, comp.height, comp.width) == (d.frames, 2 * d.height, 2 * d.width)  # space-to-depth 2, no time
@@ -70,7 +71,8 @@ def test_wan14b_runs_on_the_wan_vae_with_its_weights_and_tiling(built, monkeypat
 def test_codec_and_model_channels_must_agree(built):
     c = config_lib.stage_config(presets.curriculum_config("wan14b"), "stage1")
     c.data.channels = 12  # the VAE gives 16
-    with pytest.raises(ValueError, match="config.data.codec='wan_vae' gives 16-channel latents but config.data.channels is 12"):
+    with pytest.raises(ValueError,
+                       match="config.data.codec='wan_vae' gives 16-channel latents but config.data.channels is 12"):
         comp_lib.components(c)
     t = config_lib.stage_config(presets.curriculum_config("tiny"), "stage1")
     t.model.in_channels = 2 * t.data.channels + 5

@@ -23,7 +23,7 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from dreamactor_jax.convert import export, importer, io, names, orbax_reader, parity, wan_original  # noqa: E402
+from dreamactor_jax.convert import export, importer, names, orbax_reader, parity, pretrained, wan_original  # noqa: E402
 from dreamactor_jax.convert.safetensors_io import SafetensorsFile, SafetensorsFormatError, parse_size  # noqa: E402
 from dreamactor_jax.models import get_preset  # noqa: E402
 from dreamactor_jax.train import checkpoint as ckpt_lib  # noqa: E402
@@ -58,9 +58,9 @@ def _original_config(cfg):
 def _write(path, tensors, config=None):
     os.makedirs(path, exist_ok=True)
     save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()},
-              os.path.join(path, io.WEIGHTS_NAME))
+              os.path.join(path, pretrained.WEIGHTS_NAME))
     if config is not None:
-        with open(os.path.join(path, io.CONFIG_NAME), "w") as f:
+        with open(os.path.join(path, pretrained.CONFIG_NAME), "w") as f:
             json.dump(config, f)
     return str(path)
 
@@ -111,16 +111,16 @@ def test_original_names_match_diffusers_converter(t2v):
         assert converted == {v: o for o, v in orig.items()}  # diffusers maps every original name back to ours
         assert all(wan_original.to_diffusers(o) == k for o, k in orig.items())
     assert {"head.modulation", "blocks.0.modulation", "blocks.0.norm3.weight"} <= set(t2v["orig"])
-    src = io.open_weights(t2v["root"] / "original")
+    src = pretrained.open_weights(t2v["root"] / "original")
     assert src.layout == "original" and sorted(src.names) == sorted(t2v["sd"])
 
 
 def test_prefixed_original_checkpoint(t2v, tmp_path):
     # Checkpoints saved from a wrapper (ComfyUI and others) prefix every name with model.diffusion_model.
     path = _write(tmp_path / "p", {wan_original.PREFIX + k: v for k, v in t2v["orig"].items()})
-    src = io.open_weights(path)
+    src = pretrained.open_weights(path)
     assert src.layout == "original" and sorted(src.names) == sorted(t2v["sd"])
-    cfg, flat = io.read_pretrained(path, {"num_attention_heads": 3})
+    cfg, flat = pretrained.read_pretrained(path, {"num_attention_heads": 3})
     assert cfg.arch_dict() == T2V.arch_dict()
     ref = _flat(T2V, t2v["sd"])
     assert all(np.array_equal(flat[k], ref[k]) for k in ref)
@@ -141,12 +141,12 @@ def test_export_loads_in_diffusers_without_missing_or_unexpected(tmp_path, case)
     written, files = _written(tmp_path / "out")
     if case == "t2v_sharded":
         assert len(files) > 2 and files == summary["files"]
-        index = json.loads((tmp_path / "out" / io.INDEX_NAME).read_text())
+        index = json.loads((tmp_path / "out" / pretrained.INDEX_NAME).read_text())
         assert index["metadata"]["total_size"] == sum(v.numel() * 4 for v in written.values())
         assert sorted(index["weight_map"]) == sorted(written)
     else:
-        assert files == [io.WEIGHTS_NAME] and not (tmp_path / "out" / io.INDEX_NAME).exists()
-    config = json.loads((tmp_path / "out" / io.CONFIG_NAME).read_text())
+        assert files == [pretrained.WEIGHTS_NAME] and not (tmp_path / "out" / pretrained.INDEX_NAME).exists()
+    config = json.loads((tmp_path / "out" / pretrained.CONFIG_NAME).read_text())
     assert config["_class_name"] == "WanTransformer3DModel" and "_diffusers_version" in config
     assert {k: config[k] for k in cfg.arch_dict()} == cfg.arch_dict()
     loaded, info = diffusers.WanTransformer3DModel.from_pretrained(tmp_path / "out", output_loading_info=True)
@@ -156,6 +156,17 @@ def test_export_loads_in_diffusers_without_missing_or_unexpected(tmp_path, case)
     for k in sd:
         assert torch.equal(got[k], written[k]) and np.array_equal(written[k].numpy(), sd[k]), k
     assert _forward_max_diff(cfg, flat, loaded) <= ATOL
+
+
+def test_import_and_export_trace_the_model_once(t2v, tmp_path, monkeypatch):
+    """The name table, the key/shape check and the import share one abstract trace per config."""
+    traced = []
+    real = names.abstract_params
+    monkeypatch.setattr(names, "abstract_params", lambda cfg: traced.append(cfg) or real(cfg))
+    names.base_shapes.cache_clear()
+    importer.import_to_checkpoint(t2v["root"] / "diffusers", tmp_path / "ck")
+    export.export_checkpoint(str(tmp_path / "ck"), tmp_path / "out", dtype="fp32")
+    assert len(traced) == 1, traced
 
 
 def test_import_export_round_trip_both_layouts(t2v, tmp_path):
@@ -184,7 +195,7 @@ def test_import_export_round_trip_both_layouts(t2v, tmp_path):
     for k in sd:
         assert bf16[k].dtype == torch.bfloat16 and torch.equal(bf16[k], torch.from_numpy(sd[k]).to(torch.bfloat16))
     # ... and reading a bf16 file back (numpy has no bf16) gives the exact same values, without torch.
-    f = SafetensorsFile(str(tmp_path / "bf16" / io.WEIGHTS_NAME))
+    f = SafetensorsFile(str(tmp_path / "bf16" / pretrained.WEIGHTS_NAME))
     k = "blocks.1.ffn.net.0.proj.weight"
     assert f.get(k).dtype == ml_dtypes.bfloat16
     assert np.array_equal(f.get(k).astype(np.float32), bf16[k].float().numpy())
@@ -225,7 +236,7 @@ def test_bad_tensors_are_all_named_and_nothing_is_written(t2v, tmp_path):
     del sd["blocks.1.attn2.to_v.bias"], sd["proj_out.bias"]
     sd["blocks.0.extra.weight"] = np.zeros(3, np.float32)
     sd["blocks.2.attn1.to_q.weight"] = np.zeros((96, 95), np.float32)
-    src = _write(tmp_path / "bad", sd, json.loads((t2v["root"] / "diffusers" / io.CONFIG_NAME).read_text()))
+    src = _write(tmp_path / "bad", sd, json.loads((t2v["root"] / "diffusers" / pretrained.CONFIG_NAME).read_text()))
     with pytest.raises(names.TensorMismatchError) as e:
         importer.import_to_checkpoint(src, tmp_path / "ck")
     msg = str(e.value)
@@ -236,25 +247,26 @@ def test_bad_tensors_are_all_named_and_nothing_is_written(t2v, tmp_path):
 
 
 def test_config_disagreeing_with_shapes_names_the_field(t2v, tmp_path):
-    config = json.loads((t2v["root"] / "diffusers" / io.CONFIG_NAME).read_text())
+    config = json.loads((t2v["root"] / "diffusers" / pretrained.CONFIG_NAME).read_text())
     bad = _write(tmp_path / "bad", t2v["sd"], {**config, "ffn_dim": 78, "num_layers": 4})
-    with pytest.raises(io.ConfigMismatchError, match="ffn_dim") as e:
+    with pytest.raises(pretrained.ConfigMismatchError, match="ffn_dim") as e:
         importer.import_to_checkpoint(bad, tmp_path / "ck")
     assert "num_layers" in str(e.value) and "blocks.0.ffn.net.0.proj.weight" in str(e.value)
     bad_heads = _write(tmp_path / "bad_heads", t2v["sd"], {**config, "num_attention_heads": 4})
-    with pytest.raises(io.ConfigMismatchError, match="num_attention_heads"):
-        io.resolve_config(io.open_weights(bad_heads))
-    with pytest.raises(io.ConfigMismatchError, match="'dim'"):
-        io.resolve_config(io.open_weights(_write(tmp_path / "o", t2v["orig"], {**_original_config(T2V), "dim": 64})))
+    with pytest.raises(pretrained.ConfigMismatchError, match="num_attention_heads"):
+        pretrained.resolve_config(pretrained.open_weights(bad_heads))
+    with pytest.raises(pretrained.ConfigMismatchError, match="'dim'"):
+        bad_dim = _write(tmp_path / "o", t2v["orig"], {**_original_config(T2V), "dim": 64})
+        pretrained.resolve_config(pretrained.open_weights(bad_dim))
     # Without config.json and with a width that is not a multiple of 128, the heads must be given.
-    with pytest.raises(io.ConfigMismatchError, match="num_attention_heads"):
-        io.resolve_config(io.open_weights(t2v["root"] / "original_noconfig"))
+    with pytest.raises(pretrained.ConfigMismatchError, match="num_attention_heads"):
+        pretrained.resolve_config(pretrained.open_weights(t2v["root"] / "original_noconfig"))
     _no_leftovers(tmp_path, "ck")
 
 
 def test_truncated_and_corrupt_safetensors_are_reported(t2v, tmp_path):
     single = shutil.copytree(t2v["root"] / "original", tmp_path / "single")
-    path = os.path.join(single, io.WEIGHTS_NAME)
+    path = os.path.join(single, pretrained.WEIGHTS_NAME)
     os.truncate(path, os.path.getsize(path) - 100)
     with pytest.raises(SafetensorsFormatError, match=r"truncated") as e:
         importer.import_to_checkpoint(single, tmp_path / "ck")
@@ -263,15 +275,15 @@ def test_truncated_and_corrupt_safetensors_are_reported(t2v, tmp_path):
     shard = os.path.join(sharded, sorted(f for f in os.listdir(sharded) if f.endswith(".safetensors"))[1])
     os.truncate(shard, 20)
     with pytest.raises(SafetensorsFormatError, match="truncated") as e:
-        io.open_weights(sharded)
+        pretrained.open_weights(sharded)
     assert shard in str(e.value)
     with open(shard, "wb") as f:
         f.write((10).to_bytes(8, "little") + b"not json!!" + b"\0" * 64)
     with pytest.raises(SafetensorsFormatError, match="corrupt"):
-        io.open_weights(sharded)
+        pretrained.open_weights(sharded)
     os.remove(shard)
     with pytest.raises(FileNotFoundError, match=os.path.basename(shard)):
-        io.open_weights(sharded)
+        pretrained.open_weights(sharded)
     _no_leftovers(tmp_path, "ck")
 
 

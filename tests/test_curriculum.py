@@ -1,7 +1,6 @@
 """The curriculum driver: learning is real (stage 1 beats untrained and copying the reference), phases resume,
 config guard."""
 
-import importlib.util
 import json
 import os
 import re
@@ -12,14 +11,12 @@ import time
 
 import pytest
 
+from dreamactor_jax import config_lib
 from dreamactor_jax.curriculum import driver
 
 
 def _config(repo_root):
-    spec = importlib.util.spec_from_file_location("curriculum", repo_root / "configs" / "curriculum.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config("tiny")
+    return config_lib.load_config("configs/curriculum.py:tiny")
 
 
 def _small(repo_root):

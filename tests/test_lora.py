@@ -1,7 +1,6 @@
 """LoRA: adapters on the FFN, a frozen base in training, sharding like the base, merged/separate export."""
 
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from dreamactor_jax import config_lib
 from dreamactor_jax.convert import export, names, parity
 from dreamactor_jax.convert.safetensors_io import SafetensorsFile
 from dreamactor_jax.data import synthetic
@@ -111,10 +111,7 @@ def test_merged_weights_forward_equals_lora_forward(model):
 
 
 def _stage1_tiny(repo_root, **model):
-    spec = importlib.util.spec_from_file_location("stage1_pose", repo_root / "configs" / "stage1_pose.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("tiny")
+    c = config_lib.load_config("configs/stage1_pose.py:tiny")
     c.model.update(model)
     c.data.update(frames=2, height=8, width=8, batch_size=4)
     c.optim.update(microbatches=2, ema_decay=0.5, lr=1e-2)

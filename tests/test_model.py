@@ -9,6 +9,8 @@ from flax import nnx
 from dreamactor_jax.models import WanTransformer3DModel, get_preset
 from dreamactor_jax.models.build import abstract_model, count_params, init_params
 
+# The published Wan2.1 sizes; test_presets_match_diffusers_on_the_meta_device derives the same numbers from
+# diffusers' WanTransformer3DModel built from each preset's config.json fields.
 EXPECTED_PARAMS = {
     "wan2.1-t2v-1.3b": 1_418_996_800,
     "wan2.1-t2v-14b": 14_288_491_584,
@@ -20,6 +22,26 @@ EXPECTED_PARAMS = {
 def test_param_count_matches_wan(preset):
     model = abstract_model(get_preset(preset))
     assert count_params(nnx.state(model, nnx.Param)) == EXPECTED_PARAMS[preset]
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED_PARAMS) + ["tiny", "small"])
+def test_presets_match_diffusers_on_the_meta_device(preset):
+    """Each preset's arch fields build a diffusers model with our count, our key set and our shapes."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from dreamactor_jax.convert.names import name_table
+
+    cfg = get_preset(preset)
+    with torch.device("meta"):
+        tm = diffusers.WanTransformer3DModel(**cfg.arch_dict())
+    sd = tm.state_dict()
+    theirs = sum(p.numel() for p in tm.parameters())
+    assert theirs == count_params(nnx.state(abstract_model(cfg), nnx.Param))
+    if preset in EXPECTED_PARAMS:
+        assert theirs == EXPECTED_PARAMS[preset]
+    table = name_table(cfg)
+    assert sorted(e.theirs for e in table) == sorted(sd)
+    assert all(tuple(sd[e.theirs].shape) == e.their_shape for e in table)
 
 
 def test_param_count_independent_of_runtime_options():

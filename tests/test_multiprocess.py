@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from dreamactor_jax import config_lib
 from dreamactor_jax.parallel import distributed
 
 TIMEOUT_S = 400  # ~1 min on an idle 2-core machine (three XLA compiles of the train step); generous under load
@@ -116,6 +117,45 @@ def test_two_processes_match_one_process(repo_root, tmp_path):
     assert ref_leaves.keys() == got_leaves.keys()
     for k, v in ref_leaves.items():
         np.testing.assert_allclose(got_leaves[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+# Synthesis over two processes: process 0's shards all pass, process 1's all fail. Both report the pair's totals
+# (so neither raises "accepted none" on its own), and the run's sums count every process's shards.
+SYNTHESIS = textwrap.dedent("""
+    import json, sys
+    import jax, ml_collections, numpy as np
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]),
+                               initialization_timeout=30)
+    from dreamactor_jax.codecs import get_codec
+    from dreamactor_jax.curriculum import synthesis
+    from dreamactor_jax.data.procedural import dataset as proc
+    from dreamactor_jax.data.text import TextEncoder
+    from dreamactor_jax.parallel import distributed
+
+    assert distributed.sum_over_processes([jax.process_index() + 1, 7]) == [3, 14]
+    mine = jax.process_index() == 0
+    synthesis.score = lambda s, e: {"pose_consistency": 0.0, "appearance_consistency": 0.0, "score": float(mine)}
+    animator = lambda refs, pose, captions, key: np.repeat(refs[:, None], pose.shape[1], 1)
+    scfg = ml_collections.ConfigDict(dict(num_clips=6, shard_size=1, batch_size=1, threshold=0.5, index_offset=0))
+    pcfg = proc.ProceduralConfig(frames=3, height=8, width=8)
+    out = synthesis.run_synthesis(animator, get_codec("space_to_depth", spatial_factor=2, latent_channels=16),
+                                  TextEncoder(4, 8, 0), pcfg, scfg, sys.argv[3], seed=0)
+    print("SUMMARY", json.dumps({k: out[k] for k in ("clips", "accepted")}))
+""")
+
+
+def test_synthesis_summary_counts_every_process(repo_root, tmp_path):
+    _skip_unless_distributed_works(repo_root)
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", SYNTHESIS, f"localhost:{port}", str(i), str(tmp_path)],
+                              cwd=repo_root, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = _communicate_all(procs, 120)
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        summary = json.loads(out.split("SUMMARY ")[-1])
+        assert summary == {"clips": 6, "accepted": 3}, summary  # shards 0, 2, 4 (process 0) of 0..5
+    assert len(list((tmp_path / "records").glob("*.array_record"))) == 3
 
 
 def _leaves(tree) -> dict:
@@ -218,14 +258,9 @@ def test_synthetic_slices_concatenate_to_the_global_batch():
 
 
 def test_procedural_slices_concatenate_to_the_global_batch(repo_root):
-    import importlib.util
-
     from dreamactor_jax.data import sources
 
-    spec = importlib.util.spec_from_file_location("stage1_pose", repo_root / "configs" / "stage1_pose.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("tiny")
+    c = config_lib.load_config("configs/stage1_pose.py:tiny")
     c.data.update(batch_size=4, frames=2, height=8, width=8, text_len=3)
     c.data.procedural.num_examples = 11  # 2 global batches and a remainder: every process's epoch is 2 long
     full = sources.procedural_dataset(c, 7, process_index=0, process_count=1)

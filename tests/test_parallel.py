@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,10 +10,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dreamactor_jax.models import attention as attn_lib
+from dreamactor_jax.models import sequence_parallel as sequence
 from dreamactor_jax.models.build import abstract_model, split_params
 from dreamactor_jax.models.config import get_preset
 from dreamactor_jax.parallel import rules as rules_lib
-from dreamactor_jax.models import sequence_parallel as sequence
 from dreamactor_jax.parallel.mesh import make_mesh
 
 ATOL = 1e-5

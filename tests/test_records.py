@@ -279,3 +279,32 @@ def test_prefetcher_returns_exactly_the_source_batches_and_raises_on_the_failing
     assert max(calls) == 6, "nothing at or past the limit is built"
     off = Prefetcher(source, depth=0)
     assert int(off.get(1)["x"][0]) == 1
+
+
+def test_training_run_counts_skipped_records_in_metrics_and_summary(tmp_path):
+    """A corrupt record in the training data shows up in metrics.jsonl, the summary and the log, not only in a
+    warning: real runs must see how much data they lost."""
+    from dreamactor_jax import config_lib
+    from dreamactor_jax.train import loop
+
+    cfg = proc.ProceduralConfig(frames=3, height=8, width=8)
+    exs = [ingest.procedural_record(proc.make_example("train", i, cfg)) for i in range(4)]
+    path = str(tmp_path / "data" / "train-00000-of-00001.array_record")
+    os.makedirs(os.path.dirname(path))
+    w = arm.ArrayRecordWriter(path, "group_size:1")
+    for i, ex in enumerate(exs):
+        data = bytearray(records.encode_record(ex))
+        data[len(data) // 2] ^= 0x01 if i == 1 else 0  # record 1's CRC fails
+        w.write(bytes(data))
+    w.close()
+    c = config_lib.load_config("configs/stage1_pose.py:tiny")
+    c.data.update(source="records", records_dir=str(tmp_path / "data"), frames=3, height=4, width=4, batch_size=2,
+                  prefetch=0)
+    c.train.update(steps=2, log_every=1, checkpoint_every=2, tensorboard=False)
+    workdir = tmp_path / "run"
+    loop.run(c, str(workdir))
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["data_skips"]["corrupt_records"] == 1 and summary["data_skips"]["bad_files"] == 0
+    assert summary["data_skips"]["local_records"][0]["index"] == 1
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["corrupt_records"] == 1

@@ -28,12 +28,7 @@ STEPS = chaos.FAST["train.steps"]
 
 def _config(repo_root, **overrides):
     """The tiny stage-1 config with the chaos overrides (the reference run's config)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("stage1_pose", repo_root / "configs" / "stage1_pose.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("tiny")
+    c = config_lib.load_config("configs/stage1_pose.py:tiny")
     for k, v in {**chaos.FAST, **overrides}.items():
         section, field = k.split(".")
         c[section][field] = v

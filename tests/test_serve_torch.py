@@ -60,12 +60,14 @@ def test_torch_sampler_matches_jax(serve, exported, sampler, given_region):
     c = ml_collections.ConfigDict(base.to_dict())
     c.objective.given_region = given_region
     r = serve.serve(path, c, sampler=sampler, seed=1, compare=True)
-    assert r["shape"] == [1, 5, 16, 16, 16] and r["latent_max_abs"] > 1.0
+    d = c.data
+    assert r["shape"] == [1, d.frames, d.height, d.width, d.channels] and r["latent_max_abs"] > 1.0
     assert r["max_abs_diff"] <= ATOL, r
     # Agreement is not trivial: another noise seed moves the latents far more than the tolerance.
     model = serve.load_model(path)
     cond = serve.conditions(c, model.config.text_dim)
-    n1, n2 = (np.random.default_rng(s).standard_normal((1, 5, 16, 32, 16)).astype(np.float32) for s in (1, 2))
+    shape = (1, d.frames, d.height, 2 * d.width, d.channels)  # the canvas
+    n1, n2 = (np.random.default_rng(s).standard_normal(shape).astype(np.float32) for s in (1, 2))
     a, b = (
         serve.torch_sample(
             model,
@@ -90,7 +92,8 @@ def test_padded_caption_is_cut_not_attended(serve, exported):
     cond = serve.conditions(c, model.config.text_dim, caption="a bird")  # 2 of 8 tokens real
     assert cond["text_mask"].sum() == 2
     kw = dict(method="euler", steps=2, given_region="noised")
-    noise = np.random.default_rng(0).standard_normal((1, 5, 16, 32, 16)).astype(np.float32)
+    d = c.data
+    noise = np.random.default_rng(0).standard_normal((1, d.frames, d.height, 2 * d.width, d.channels)).astype(np.float32)
     cut = serve.torch_sample(
         model, cond["reference"], cond["motion"], cond["valid"], cond["text"], cond["text_mask"], noise, **kw
     )

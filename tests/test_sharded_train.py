@@ -5,12 +5,12 @@ on any block and every block gradient would be 0 on every mesh. Loss and grad no
 hides a gradient scale error in the params; the grad norm shows it)."""
 
 import functools
-import importlib.util
 
 import jax
 import numpy as np
 import pytest
 
+from dreamactor_jax import config_lib
 from dreamactor_jax.data import synthetic
 from dreamactor_jax.models.build import init_params
 from dreamactor_jax.parallel import rules
@@ -35,10 +35,7 @@ def _perturbed(params, seed=0, scale=0.05):
 
 
 def _config(repo_root):
-    spec = importlib.util.spec_from_file_location("stage1_pose", repo_root / "configs" / "stage1_pose.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("tiny")
+    c = config_lib.load_config("configs/stage1_pose.py:tiny")
     # 4 heads so that sequence=4 (Ulysses) divides them; batch 8 so that data=8 shards it.
     c.model.num_attention_heads = 4
     c.model.attention_head_dim = 32

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dreamactor_jax.codecs.base import Codec
 
-
 CODECS = ("space_to_depth", "wan_vae")
 
 

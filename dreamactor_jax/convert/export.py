@@ -37,7 +37,7 @@ import numpy as np
 
 from dreamactor_jax.convert import names, orbax_reader
 from dreamactor_jax.convert.fsutil import atomic_dir
-from dreamactor_jax.convert.io import CLASS_NAME, CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
+from dreamactor_jax.convert.pretrained import CLASS_NAME, CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
 from dreamactor_jax.convert.safetensors_io import Spec, parse_size, plan_shards, write_file
 from dreamactor_jax.models import lora as lora_lib
 from dreamactor_jax.models.config import WanConfig
@@ -81,8 +81,10 @@ def _host_fetch(a) -> np.ndarray:
 
 
 def _check_source(cfg: WanConfig, flat: Mapping[names.Path, Any], source: str, *, lora: bool = False) -> None:
-    state = names.abstract_lora_params(cfg) if lora else names.abstract_params(cfg)
-    expected = {tuple(str(p) for p in k): tuple(v.shape) for k, v in names._flat(state).items()}
+    if lora:
+        expected = {k: tuple(v.shape) for k, v in names._flat(names.abstract_lora_params(cfg)).items()}
+    else:
+        expected = dict(names.base_shapes(cfg))
     missing = sorted(".".join(p) for p in set(expected) - set(flat))
     unexpected = sorted(".".join(p) for p in set(flat) - set(expected))
     bad = sorted(f"{'.'.join(p)}: {tuple(flat[p].shape)} != expected {s}"

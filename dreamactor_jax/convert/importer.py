@@ -9,7 +9,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from dreamactor_jax.convert import io, names
+from dreamactor_jax.convert import names, pretrained
 from dreamactor_jax.convert.fsutil import atomic_dir
 from dreamactor_jax.train import checkpoint as ckpt_lib
 
@@ -31,10 +31,11 @@ def import_to_checkpoint(src: str, out: str, overrides: Mapping[str, Any] | None
     Returns:
       Summary: out, layout, params (count), config (architecture fields).
     """
-    source = io.open_weights(src)
-    cfg = io.resolve_config(source, overrides)
+    source = pretrained.open_weights(src)
+    cfg = pretrained.resolve_config(source, overrides)
     # Stored in the model's param dtype, which is what training restores into.
-    flat = io.load_params(source, cfg, dtype=ml_dtypes.bfloat16 if cfg.param_dtype == "bfloat16" else np.float32)
+    dtype = ml_dtypes.bfloat16 if cfg.param_dtype == "bfloat16" else np.float32
+    flat = pretrained.load_params(source, cfg, dtype=dtype)
     params = names.unflatten(flat)
     with atomic_dir(out) as tmp:
         mngr = ckpt_lib.manager(tmp, async_save=False)

@@ -15,6 +15,7 @@ names the adapters PEFT-style for a separate LoRA file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -72,6 +73,13 @@ def abstract_params(cfg: WanConfig) -> nnx.State:
     return nnx.state(model, nnx.Param)
 
 
+@functools.lru_cache(maxsize=16)
+def base_shapes(cfg: WanConfig) -> tuple[tuple[Path, tuple[int, ...]], ...]:
+    """(path, shape) of every base parameter, in the model's order: one trace of the model per config, shared by
+    the name table, the checks and the import (a 14B trace takes seconds)."""
+    return tuple((path, tuple(leaf.shape)) for path, leaf in _flat(abstract_params(cfg)).items())
+
+
 def abstract_lora_params(cfg: WanConfig) -> nnx.State:
     """Shapes/dtypes of the model's LoRA adapters (empty without LoRA), allocating nothing."""
     model = nnx.eval_shape(lambda: WanTransformer3DModel(cfg, rngs=nnx.Rngs(0)))
@@ -117,14 +125,14 @@ def _expand(cfg: WanConfig, path: Path, theirs_leaf: str, hook: str, shape: tupl
 def name_table(cfg: WanConfig) -> list[Entry]:
     """All (ours, diffusers) pairs for ``cfg``'s base parameters, in diffusers' module order."""
     entries = []
-    for path, leaf in _flat(abstract_params(cfg)).items():
+    for path, shape in base_shapes(cfg):
         *mods, leafname = path
         if leafname == "kernel":
             hook = "conv" if mods == ["patch_embedding"] else "linear"
             theirs_leaf = "weight"
         else:
             hook, theirs_leaf = "copy", leafname
-        entries += _expand(cfg, path, theirs_leaf, hook, tuple(leaf.shape))
+        entries += _expand(cfg, path, theirs_leaf, hook, shape)
     return entries
 
 
@@ -202,7 +210,7 @@ def import_tensors(cfg: WanConfig, get: Callable[[str], np.ndarray], names: Iter
     check_keys_and_shapes(cfg, shapes)
     table = name_table(cfg)
     out: dict[Path, np.ndarray] = {}
-    stacked_shapes = {tuple(str(p) for p in k): v.shape for k, v in _flat(abstract_params(cfg)).items()}
+    stacked_shapes = dict(base_shapes(cfg))
     for e in table:
         a = e.to_ours(np.asarray(get(e.theirs))).astype(dtype)
         if e.layer is None:

@@ -184,8 +184,7 @@ def open_item(ckpt_dir: str, item: str, cfg: WanConfig, step: int | None = None,
     if not os.path.isdir(item_dir):
         have = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
         raise FileNotFoundError(f"checkpoint {ckpt_dir} step {step} has no item {item!r}; items: {have}")
-    expected = {tuple(str(p) for p in k): tuple(v.shape)
-                for k, v in names._flat(names.abstract_params(cfg)).items()}
+    expected = dict(names.base_shapes(cfg))
     cache = _GroupCache()
     out: dict[names.Path, StoredArray] = {}
     bad = []

@@ -1,6 +1,6 @@
 """Forward parity of one diffusers-layout directory loaded into our model and into diffusers (fp32, CPU).
 
-Both models read the same files: ours through :mod:`dreamactor_jax.convert.io`,
+Both models read the same files: ours through :mod:`dreamactor_jax.convert.pretrained`,
 diffusers through ``WanTransformer3DModel.from_pretrained``, whose missing and
 unexpected keys are checked explicitly (it only warns about them). Needs torch,
 diffusers and accelerate.
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamactor_jax.convert import io, names
+from dreamactor_jax.convert import names, pretrained
 from dreamactor_jax.models import build
 
 # diffusers' I2V attention takes everything before the last 512 context tokens as image tokens.
@@ -24,9 +24,9 @@ _I2V_TEXT_LEN = 512
 
 def load_ours(src: str, overrides: Mapping[str, Any] | None = None):
     """(config with fp32 compute and params, our flat params) for ``src``."""
-    source = io.open_weights(src)
-    cfg = io.resolve_config(source, overrides).replace(dtype="float32", param_dtype="float32")
-    return cfg, io.load_params(source, cfg)
+    source = pretrained.open_weights(src)
+    cfg = pretrained.resolve_config(source, overrides).replace(dtype="float32", param_dtype="float32")
+    return cfg, pretrained.load_params(source, cfg)
 
 
 def forward(cfg, flat: Mapping[names.Path, Any], inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -79,7 +79,7 @@ def run_parity(src: str, *, tol: float = 1e-4, seed: int = 0,
     """
     import torch
 
-    source = io.open_weights(src)
+    source = pretrained.open_weights(src)
     if source.layout != "diffusers":
         raise ValueError(f"{src} is in the {source.layout} layout; parity compares against diffusers' "
                          "from_pretrained, which needs the diffusers layout (import, then export it first)")

@@ -33,9 +33,9 @@ import jax
 import numpy as np
 
 from dreamactor_jax.data import video_io
-from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.data.procedural import dataset as proc
 from dreamactor_jax.data.procedural import estimator
+from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.eval import metrics
 
 METRICS = ("psnr", "ssim", "keypoint_consistency")

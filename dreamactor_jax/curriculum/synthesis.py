@@ -17,11 +17,12 @@ need something computable): the mean of
   like the character it should animate).
 
 Pairs scoring at least ``threshold`` are written; every clip's scores go to
-``acceptance.jsonl`` and the acceptance rate to the phase summary.
+its shard's ``acceptance-NNNNN.jsonl`` and the acceptance rate, summed over all
+processes, to the phase summary.
 
 Sharded across processes (process p handles shards p, p + n, ...) and
-resumable: each shard of clips is written to a temporary name and renamed when
-complete, so a restart skips finished shards.
+resumable: a shard's acceptance log is written (to a temporary name, then
+renamed) after its records, so a restart skips the shards that have a log.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.data import records
 from dreamactor_jax.data.procedural import dataset as proc
+from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.eval import metrics
+from dreamactor_jax.parallel import distributed
 
 
 def score(synthetic_thw3: np.ndarray, example: dict) -> dict:
@@ -88,4 +90,6 @@ def run_synthesis(animator: Animator, codec, text_encoder, pcfg: proc.Procedural
         os.replace(log_path + ".tmp", log_path)
         total += len(rows)
         accepted += sum(r["accepted"] for r in rows)
+    # Every process's shards, so that a process whose own shards accepted nothing does not fail the phase alone.
+    total, accepted = distributed.sum_over_processes([total, accepted])
     return {"clips": total, "accepted": accepted, "acceptance_rate": accepted / max(total, 1), "records": rec_dir}

@@ -1,9 +1,11 @@
 """A train config resolved once into the objects a run needs: model config, codec, text encoder, pixel sizes.
 
-Previews, the curriculum's synthesis and evaluation, ``animate_files`` and ``data.sources`` (``codec_from``,
-``procedural_config``, which the loop and ``examples/serve_torch.py`` reach) take these objects from
+Previews, the curriculum's synthesis and evaluation, ``animate_files``, ``examples/serve_torch.py`` and the
+training sources of ``data.sources`` (which the loop builds its batches from) take these objects from
 :func:`components` instead of rebuilding them from ConfigDicts, so they cannot drift apart (the codec's weights
-and tiling, the text encoder's seed, the procedural generator's pixel sizes). Resolution is cached on the
+and tiling, the text encoder's seed, the procedural generator's pixel sizes). ``config_lib.validate`` runs the
+same size checks (:func:`check_sizes`) without building anything. The benchmarks time single components at
+fixed shapes and build them directly. Resolution is cached on the
 config's contents: the Wan VAE's weights load once per process, however many callers ask.
 """
 
@@ -56,6 +58,13 @@ class Components:
             fps=float(p.get("fps", 8.0)), travel=tuple(p.get("travel", (0.0, 0.0))),
             pose_augment_prob=p.pose_augment_prob if (split or d.split) == "train" else 0.0)
 
+    def text_for(self, dim: int | None = None) -> TextEncoder:
+        """The run's caption encoder at embedding width ``dim`` (default the model's ``text_dim``): ``text``
+        itself, or the same seed and length at another width (a data test's narrow embeddings)."""
+        if dim is None or dim == self.text.dim:
+            return self.text
+        return dataclasses.replace(self.text, dim=int(dim))
+
     @property
     def fps(self) -> float:
         """Frame rate of the clips (the procedural generator's; what previews and outputs play at)."""
@@ -88,16 +97,17 @@ def build_codec(config: ml_collections.ConfigDict):
     return _cached(_CODECS, key, lambda: get_codec(c.name, **kwargs))
 
 
-def _check(config: ml_collections.ConfigDict, mcfg: WanConfig, codec) -> None:
+def check_sizes(config: ml_collections.ConfigDict, mcfg: WanConfig, latent_channels: int | None = None) -> None:
+    """The size checks between data, codec and model; ``config_lib.validate`` runs them without a codec (nothing
+    loaded), :func:`components` again with the built codec's latent channels. Errors name the field."""
     d = config.data
-    latent = int(getattr(codec, "latent_channels", d.channels))
-    if latent != d.channels:
-        raise ValueError(f"config.data.codec={d.codec.name!r} gives {latent}-channel latents but config.data.channels "
-                         f"is {d.channels}")
-    if mcfg.out_channels != latent or mcfg.in_channels != 2 * latent + 4:
-        raise ValueError(f"config.data.codec={d.codec.name!r} gives {latent}-channel latents: config.model needs "
-                         f"in_channels={2 * latent + 4}, out_channels={latent} (has {mcfg.in_channels}, "
-                         f"{mcfg.out_channels})")
+    if latent_channels is not None and latent_channels != d.channels:
+        raise ValueError(f"config.data.codec={d.codec.name!r} gives {latent_channels}-channel latents but "
+                         f"config.data.channels is {d.channels}")
+    if mcfg.out_channels != d.channels or mcfg.in_channels != 2 * d.channels + 4:
+        raise ValueError(f"config.data.channels={d.channels} ({d.codec.name!r} latents): config.model needs "
+                         f"in_channels={2 * d.channels + 4} (the 2·C + 4 canvas), out_channels={d.channels} "
+                         f"(has {mcfg.in_channels}, {mcfg.out_channels})")
     pt, ph, pw = mcfg.patch_size
     for f, p in (("frames", pt), ("height", ph), ("width", pw)):
         if d[f] % p:
@@ -111,10 +121,11 @@ def _resolve(config: ml_collections.ConfigDict) -> Components:
     config = ml_collections.ConfigDict(config.to_dict())  # a private copy
     mcfg = model_config(config.model)
     codec = build_codec(config)
-    _check(config, mcfg, codec)
+    check_sizes(config, mcfg, int(getattr(codec, "latent_channels", config.data.channels)))
     d = config.data
     return Components(
-        config=config, model=mcfg, codec=codec, text=TextEncoder(length=d.text_len, dim=mcfg.text_dim, seed=config.seed),
+        config=config, model=mcfg, codec=codec,
+        text=TextEncoder(length=d.text_len, dim=mcfg.text_dim, seed=config.seed),
         frames=(d.frames - 1) * codec.temporal_factor + 1, height=d.height * codec.spatial_factor,
         width=d.width * codec.spatial_factor)
 

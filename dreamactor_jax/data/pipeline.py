@@ -194,7 +194,8 @@ def expected_latent_shape(source: rec.RecordSource, codec=None) -> tuple[int, in
     return (*codec.latent_shape(t, h, w), codec.latent_channels)
 
 
-def config_dataset(config, text_dim: int, *, codec, split: str | None = None) -> grain.MapDataset:
+def config_dataset(config, text_dim: int, *, codec, text: TextEncoder | None = None,
+                   split: str | None = None) -> grain.MapDataset:
     """The ``records`` training source: ``config.data.records_dir`` -> batches of ``data/schema.py``.
 
     Checks that the records' latents and stored text fit the model config (clear error otherwise).
@@ -214,13 +215,13 @@ def config_dataset(config, text_dim: int, *, codec, split: str | None = None) ->
         raise ValueError(f"records in {d.records_dir} store text of shape {source.spec['text'][1]}, the model "
                          f"needs ({d.text_len}, {text_dim}); re-run precompute with --text_len/--text_dim")
     train = (split or d.split) == "train"
-    text = TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed)
+    text = text or TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed)  # the records' captions
     transform = ToTraining(codec, text, d.motion_masked_frames)
     return records_dataset(source, batch_size=d.batch_size, seed=config.seed, shuffle=train, transform=transform,
                            num_epochs=None if train else 1)
 
 
-def make_records_source(config, text_dim: int, *, codec) -> Callable[[int], dict]:
+def make_records_source(config, text_dim: int, *, codec, text: TextEncoder | None = None) -> Callable[[int], dict]:
     """``source(step) -> host batch`` for ``config.data.source == 'records'`` (see ``data/sources.py``)."""
-    ds = config_dataset(config, text_dim, codec=codec)
+    ds = config_dataset(config, text_dim, codec=codec, text=text)
     return lambda step: ds[step]

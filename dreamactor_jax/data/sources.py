@@ -77,8 +77,8 @@ def procedural_dataset(config: ml_collections.ConfigDict, text_dim: int, *, spli
     ds = grain.MapDataset.source(proc.ProceduralSource(split, procedural_config(config, split), length=n))
     if split == "train":
         ds = ds.shuffle(seed=config.seed)
-    ds = ds.map(EncodeExample(codec_from(config), TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed),
-                              stage or d.stage, d.motion_masked_frames))
+    comp = components(config)
+    ds = ds.map(EncodeExample(comp.codec, comp.text_for(text_dim), stage or d.stage, d.motion_masked_frames))
     # Global batch i is examples [i*B, (i+1)*B); this process's slice of it is per-process batch i*pc + pi.
     # Batching per process, then striding, encodes only this process's examples (MapDatasets are lazy);
     # the cut to whole global batches keeps every process's epoch the same length.
@@ -99,7 +99,8 @@ def make_source(config: ml_collections.ConfigDict, text_dim: int) -> Callable[[i
         return lambda step: ds[step]
     if d.source == "records":
         # Checks the records against the config (latent T/H/W/C, stored text shape).
-        main = pipeline.make_records_source(config, text_dim, codec=codec_from(config))
+        comp = components(config)
+        main = pipeline.make_records_source(config, text_dim, codec=comp.codec, text=comp.text_for(text_dim))
         if d.pose_mix <= 0:
             return main
         pose = procedural_dataset(config, text_dim, split="train", stage=1)
@@ -121,8 +122,8 @@ def preview_batch(config: ml_collections.ConfigDict, text_dim: int, n: int, whic
     """
     d = config.data
     if which == "validation":
-        enc = EncodeExample(codec_from(config), TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed),
-                            d.stage, d.motion_masked_frames)
+        comp = components(config)
+        enc = EncodeExample(comp.codec, comp.text_for(text_dim), d.stage, d.motion_masked_frames)
         pcfg = procedural_config(config, "validation")
         exs = [enc.map(proc.make_example("validation", i, pcfg)) for i in range(n)]
         return {k: np.stack([e[k] for e in exs]) for k in exs[0]}

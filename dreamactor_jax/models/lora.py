@@ -89,10 +89,6 @@ def _partition(tree: Mapping, prefix: tuple = ()) -> tuple[dict, dict]:
     return lora, rest
 
 
-def has_lora(params: Mapping) -> bool:
-    return bool(_partition(params)[0])
-
-
 def split_trainable(params: Mapping) -> tuple[Any, Any]:
     """(trainable, frozen) parts of a params nested dict (or a tree of shapes or shardings like it).
 

@@ -23,9 +23,9 @@ from jax.ad_checkpoint import checkpoint_name
 from dreamactor_jax.models import attention as attn_lib
 from dreamactor_jax.models import lora as lora_lib
 from dreamactor_jax.models import ops
+from dreamactor_jax.models import sequence_parallel as seq_lib
 from dreamactor_jax.models.config import WanConfig
 from dreamactor_jax.models.layers import FeedForward, LayerNorm, Linear, RMSNorm, param, xavier_uniform, zeros
-from dreamactor_jax.models import sequence_parallel as seq_lib
 from dreamactor_jax.parallel.rules import constrain
 
 normal_002 = nnx.initializers.normal(0.02)

@@ -139,3 +139,14 @@ def initialize_from_flags() -> InitPlan | None:
     """:func:`maybe_initialize` with the flags of :func:`define_flags`."""
     f = flags.FLAGS
     return maybe_initialize(f.coordinator_address, f.num_processes, f.process_id)
+
+
+def sum_over_processes(counts: list[int]) -> list[int]:
+    """Element-wise sum of integer counts over all processes (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return [int(c) for c in counts]
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(counts, np.int64))
+    return [int(c) for c in np.asarray(gathered).reshape(jax.process_count(), len(counts)).sum(0)]

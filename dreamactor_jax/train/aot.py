@@ -27,8 +27,8 @@ import ml_collections
 from dreamactor_jax.models.build import model_config
 from dreamactor_jax.parallel import mesh as mesh_lib
 from dreamactor_jax.parallel import rules as rules_lib
-from dreamactor_jax.train import shard as shard_lib
 from dreamactor_jax.train import abstract, flops
+from dreamactor_jax.train import shard as shard_lib
 
 # Per-chip HBM bytes and dense bf16 peak FLOP/s of TPU generations (public spec sheets).
 CHIPS = {

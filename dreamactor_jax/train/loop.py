@@ -23,11 +23,11 @@ import ml_collections
 import optax
 
 from dreamactor_jax import config_lib
-from dreamactor_jax.data import schema, sources
+from dreamactor_jax.data import records, schema, sources
 from dreamactor_jax.models import lora
 from dreamactor_jax.models.build import count_params, init_params, model_config
 from dreamactor_jax.models.config import WanConfig
-from dreamactor_jax.parallel import rules
+from dreamactor_jax.parallel import distributed, rules
 from dreamactor_jax.parallel.mesh import make_mesh
 from dreamactor_jax.train import abstract, checkpoint, flops, guards, observe, optim, shard
 from dreamactor_jax.train import state as state_lib
@@ -310,6 +310,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
                           out_shardings=(sp.state, None), donate_argnums=0)
     say(f"model: {config.model.preset} params: {count_params(setup.abstract_state.params)} mesh: {dict(mesh.shape)}")
     d = config.data
+    records.reset_skip_stats()  # this run's counts (a curriculum runs several stages in one process)
     source = sources.Prefetcher(sources.make_source(config, mcfg.text_dim), depth=int(d.get("prefetch", 2)),
                                  limit=int(t.steps))
     # Each process holds its own slice of the global batch.
@@ -340,6 +341,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
         say(f"tensorboard: tensorboard --logdir={mlog.tensorboard_dir}")
 
     history: list[dict] = []
+    seen_skips = [0]
     clock = {"t": time.perf_counter(), "step": start}
     timing = {"setup": clock["t"] - t0, "preview": 0.0, "previews": 0}
 
@@ -358,6 +360,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
         clock.update(t=now, step=done)
         rates = throughput.rates(sps)
         step_metrics = dict(m)
+        skips = records.skip_stats()  # counted by the reader threads of this process
+        m.update(corrupt_records=skips["corrupt_records"], bad_files=skips["bad_files"])
+        if skips["corrupt_records"] + skips["bad_files"] > seen_skips[0]:
+            seen_skips[0] = skips["corrupt_records"] + skips["bad_files"]
+            say(f"step {done}: data skipped so far: {skips['corrupt_records']} corrupt record(s), "
+                f"{skips['bad_files']} unreadable file(s) (each replaced by the next readable record)")
         m.update(step=done, lr=float(setup.schedule(done - 1)), steps_per_s=sps, tokens_per_s=rates["tokens_per_s"],
                  skipped_steps=skipped, model_flops_per_s=rates["model_flops_per_s"])
         if "mfu" in rates:
@@ -431,13 +439,22 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
     if profiler.traced:
         outputs["profile"] = profiler.logdir
     report = {"steps": done, "target_steps": t.steps, "start_step": start, "start": plan.kind,
-              "preempted": preempted, "skipped_steps": skipped, "final_loss": final, "seconds": seconds,
+              "preempted": preempted, "skipped_steps": skipped, "data_skips": _data_skips(), "final_loss": final,
+              "seconds": seconds,
               "setup_seconds": timing["setup"], "preview_seconds": timing["preview"], "previews": timing["previews"],
               "profiled_steps": profiler.traced, "outputs": outputs}
     if main:
         observe.write_json(os.path.join(workdir, observe.SUMMARY_FILE), report)
         say(_summary_table(report, history, workdir))
     return {**report, "history": history, "state": state, "graphdef": setup.graphdef, "checkpoints": ckpt_dir}
+
+
+def _data_skips() -> dict:
+    """Skipped corrupt records and unreadable files, summed over processes (a collective: every process calls it)."""
+    s = records.skip_stats()
+    counts = distributed.sum_over_processes([s["corrupt_reads"], s["corrupt_records"], s["bad_files"]])
+    return {"corrupt_reads": int(counts[0]), "corrupt_records": int(counts[1]), "bad_files": int(counts[2]),
+            "local_records": s["records"][:20], "local_files": s["files"][:20]}
 
 
 def _summary_table(r: dict, history: list[dict], workdir: str) -> str:
@@ -455,6 +472,10 @@ def _summary_table(r: dict, history: list[dict], workdir: str) -> str:
     if r["profiled_steps"]:
         rows.append({"phase": "profile", "steps": f"{r['profiled_steps'][0]}-{r['profiled_steps'][-1]}",
                      "outputs": [o["profile"]]})
+    skips = r.get("data_skips") or {}
+    if skips.get("corrupt_records") or skips.get("bad_files"):
+        rows.append({"phase": "data skipped", "steps": f"{skips['corrupt_records']} corrupt records, "
+                     f"{skips['bad_files']} unreadable files", "outputs": [observe.SUMMARY_FILE]})
     rate = f", median {sorted(sps)[len(sps) // 2]:.2f} steps/s" if sps else ""
     status = "preempted" if r["preempted"] else "finished"
     return (f"summary of {workdir} ({status} after {observe.format_seconds(r['seconds'])}{rate}; "

@@ -1,7 +1,8 @@
 """Sample previews during training: the current params animate a fixed held-out batch every N steps.
 
-Every ``config.train.preview_every`` steps (0: off) the sampler (:class:`dreamactor_jax.diffusion.animator.Animator`, the
-same code synthesis and evaluation use) runs ``preview_steps`` steps on ``preview_examples`` fixed examples
+Every ``config.train.preview_every`` steps (0: off) the sampler
+(:class:`dreamactor_jax.diffusion.animator.Animator`, the same code synthesis and evaluation use) runs
+``preview_steps`` steps on ``preview_examples`` fixed examples
 (``data.sources.preview_batch``) with a fixed noise seed, so successive previews differ only by training. Each
 writes ``previews/step_<N>.gif`` (one row per example: reference | motion | sample | target, animated over
 time) and, when TensorBoard is on, the same grid as a still filmstrip under Images ``preview``.

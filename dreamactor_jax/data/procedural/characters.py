@@ -261,11 +261,6 @@ def sample_shape(plan: BodyPlan, rng: np.random.Generator) -> Shape:
                  float(plan.head_radius * f["head"]), float(f["height"]))
 
 
-def rest_shape(plan: BodyPlan) -> Shape:
-    """The plan's own proportions (factors all 1)."""
-    return Shape(plan.lengths.copy(), plan.radii.copy(), plan.head_radius, 1.0)
-
-
 # ---------------------------------------------------------------------------------- appearance
 PALETTE = {
     "red": (0.85, 0.15, 0.15), "orange": (0.95, 0.55, 0.1), "yellow": (0.95, 0.85, 0.2),
