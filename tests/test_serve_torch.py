@@ -93,7 +93,8 @@ def test_padded_caption_is_cut_not_attended(serve, exported):
     assert cond["text_mask"].sum() == 2
     kw = dict(method="euler", steps=2, given_region="noised")
     d = c.data
-    noise = np.random.default_rng(0).standard_normal((1, d.frames, d.height, 2 * d.width, d.channels)).astype(np.float32)
+    canvas = (1, d.frames, d.height, 2 * d.width, d.channels)
+    noise = np.random.default_rng(0).standard_normal(canvas).astype(np.float32)
     cut = serve.torch_sample(
         model, cond["reference"], cond["motion"], cond["valid"], cond["text"], cond["text_mask"], noise, **kw
     )
