@@ -11,7 +11,9 @@ from absl import app, flags, logging
 from dreamactor_jax.data.ingest import IngestConfig, ingest
 
 flags.DEFINE_string("videos", None, "Directory of videos (*.mp4, *.mov, *.mkv, *.webm, *.avi).")
-flags.DEFINE_string("poses", None, "Directory of OpenPose JSON (per-frame files or one list per video).")
+flags.DEFINE_string("poses", None, "Directory of keypoints per video: OpenPose JSON (per-frame files or one list per "
+                    "video), <stem>.json with COCO-17 / WholeBody-133 / BODY_25 people, or <stem>.npy/.npz arrays "
+                    "(see dreamactor_jax/data/keypoints.py).")
 flags.DEFINE_string("out", None, "Output directory for the record shards.")
 flags.DEFINE_string("name", "clips", "Shard file name prefix.")
 flags.DEFINE_integer("frames", 17, "Frames per clip.")
@@ -21,6 +23,7 @@ flags.DEFINE_integer("stride", 0, "Source frames between clip starts (0: clips b
 flags.DEFINE_integer("frame_step", 1, "Take every n-th source frame.")
 flags.DEFINE_integer("max_people", 4, "People drawn per frame.")
 flags.DEFINE_float("min_confidence", 0.05, "Keypoints below this confidence are not drawn.")
+flags.DEFINE_float("fps", 0.0, "Frame rate clips are cut at (nearest source frame; Wan: 16); 0 keeps the source's.")
 flags.DEFINE_integer("shard_size", 64, "Records per shard file.")
 flags.mark_flags_as_required(["videos", "poses", "out"])
 FLAGS = flags.FLAGS
@@ -30,12 +33,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg = IngestConfig(frames=FLAGS.frames, height=FLAGS.height, width=FLAGS.width, stride=FLAGS.stride,
-                       frame_step=FLAGS.frame_step, max_people=FLAGS.max_people, min_confidence=FLAGS.min_confidence)
+                       frame_step=FLAGS.frame_step, max_people=FLAGS.max_people, min_confidence=FLAGS.min_confidence,
+                       fps=FLAGS.fps)
     report = ingest(FLAGS.videos, FLAGS.poses, FLAGS.out, cfg, name=FLAGS.name, shard_size=FLAGS.shard_size)
     for path, reason in report.skipped:
         logging.warning("skipped %s: %s", path, reason)
     print(f"wrote {report.clips} clips from {report.videos} videos into {len(report.files)} shards in {FLAGS.out}; "
-          f"skipped {len(report.skipped)} videos")
+          f"skipped {len(report.skipped)} videos {report.reasons}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ pytest.importorskip("av")
 
 from dreamactor_jax.codecs import get_codec  # noqa: E402
 from dreamactor_jax.data import ingest, precompute, records, video_io  # noqa: E402
+from dreamactor_jax.data import keypoints as kp_lib  # noqa: E402
 from dreamactor_jax.data.text import TextEncoder  # noqa: E402
 
 SRC_T, SRC_H, SRC_W = 12, 32, 48
@@ -110,10 +111,98 @@ def test_openpose_layouts():
     np.testing.assert_array_equal(people, ingest.parse_people(_people(3)))
     assert people.shape == (1, 18, 3)
     assert ingest.OPENPOSE_18_PARENTS[1] == -1 and all(p < 18 for p in ingest.OPENPOSE_18_PARENTS)
-    with pytest.raises(ValueError, match="18\\*3"):
+    with pytest.raises(ValueError, match="10 joints per person"):
         ingest.parse_people({"people": [{"pose_keypoints_2d": [1.0] * 30}]})
     with pytest.raises(video_io.VideoError):
         video_io.read_video("/nonexistent.mp4")
+
+
+def _coco17(kp18: np.ndarray) -> np.ndarray:
+    """OpenPose-18 joints (neck included) -> the same person in COCO-17 order (no neck)."""
+    coco = np.zeros((17, 3), np.float32)
+    for k, j in enumerate(kp_lib.COCO_TO_18):
+        if j >= 0:
+            coco[j] = kp18[k]
+    return coco
+
+
+def test_keypoint_formats_give_one_openpose18_body():
+    kp18 = np.random.default_rng(0).uniform(1, 30, (18, 3)).astype(np.float32)
+    kp18[:, 2] = np.linspace(0.3, 0.9, 18)
+    kp18[1, :2] = 0.5 * (kp18[2, :2] + kp18[5, :2])  # COCO has no neck: it is the shoulders' midpoint
+    kp18[1, 2] = min(kp18[2, 2], kp18[5, 2])
+    coco = _coco17(kp18)
+    whole = np.concatenate([coco, np.random.default_rng(1).uniform(0, 9, (116, 3)).astype(np.float32)])
+    body25 = np.zeros((25, 3), np.float32)
+    body25[kp_lib.BODY_25_TO_18] = kp18
+    for layout, fmt in ((kp18, "openpose18"), (coco, "coco17"), (whole, "wholebody133"), (body25, "openpose25")):
+        assert kp_lib.detect_format(len(layout), "test") == fmt
+        np.testing.assert_allclose(kp_lib.to_openpose18(layout[None], fmt)[0], kp18, atol=1e-6, err_msg=fmt)
+        # Flat and nested people, OpenPose's key and the generic one, all parse the same.
+        for person in ({"pose_keypoints_2d": layout.reshape(-1).tolist()}, {"keypoints": layout.tolist()}):
+            np.testing.assert_allclose(ingest.parse_people({"people": [person]})[0], kp18, atol=1e-6)
+    np.testing.assert_array_equal(kp_lib.resample_indices(9, 8.0, 4.0), [0, 2, 4, 6, 8])
+    np.testing.assert_array_equal(kp_lib.resample_indices(3, 8.0, 16.0), [0, 0, 1, 2, 2])  # nearest, clipped
+
+
+def test_ingest_skips_bad_videos_by_reason_and_writes_the_rest(tmp_path):
+    """One corrupt mp4, one keypoint file of the wrong length, one video where nobody is detected: each is
+    counted under its reason and the good videos (COCO-17 in normalised coordinates, WholeBody-133 in
+    pixels, at their own frame rate) are written."""
+    videos, poses = tmp_path / "videos", tmp_path / "poses"
+    videos.mkdir()
+    poses.mkdir()
+    kp18 = np.stack([np.array(_people(t)["people"][0]["pose_keypoints_2d"], np.float32).reshape(18, 3)
+                     for t in range(SRC_T)])
+    kp18[:, 5] = np.stack([30 + np.arange(SRC_T), np.full(SRC_T, 9), np.full(SRC_T, 0.9)], 1)  # left shoulder
+    kp18[:, 1] = (kp18[:, 2] + kp18[:, 5]) / 2  # the neck where COCO's shoulders put it: (24 + t, 9)
+    coco = np.stack([_coco17(k) for k in kp18])
+    video_io.write_video(str(videos / "good_coco.mp4"), _frames(0))
+    norm = coco.copy()
+    norm[..., 0] /= SRC_W
+    norm[..., 1] /= SRC_H
+    np.save(poses / "good_coco.npy", norm)  # (T, 17, 3) in [0, 1]: normalised
+    video_io.write_video(str(videos / "good_whole.mp4"), _frames(1))
+    whole = np.concatenate([coco, np.zeros((SRC_T, 116, 3), np.float32)], 1)
+    (poses / "good_whole.json").write_text(json.dumps({"format": "wholebody133", "frames": [
+        {"people": [{"keypoints": w.tolist()}]} for w in whole]}))
+    (videos / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    np.save(poses / "corrupt.npy", norm)
+    video_io.write_video(str(videos / "short_track.mp4"), _frames(2))
+    np.save(poses / "short_track.npy", norm[: SRC_T - 3])
+    video_io.write_video(str(videos / "nobody.mp4"), _frames(0))
+    (poses / "nobody.json").write_text(json.dumps([{"people": []}] * SRC_T))
+
+    report = ingest.ingest(str(videos), str(poses), str(tmp_path / "out"), CFG, shard_size=8)
+    assert report.reasons == {"undecodable_video": 1, "keypoints_length": 1, "no_person": 1}, report.skipped
+    assert report.videos == 2 and report.clips == 4
+    why = {os.path.basename(p): r for p, r in report.skipped}
+    assert "short_track.npy has 9 frames, the video 12" in why["short_track.mp4"]
+    src = records.RecordSource(str(tmp_path / "out"))
+    fit = video_io.fit(SRC_H, SRC_W, CFG.height, CFG.width)
+    for r in (src[0], src[2]):  # clip 0 of each good video: the neck is drawn where it belongs
+        for k in range(CFG.frames):
+            x, y = fit.points(kp18[k, 1, :2])
+            assert r["motion"][k, int(y), int(x)].max() > 100, k
+    np.testing.assert_array_equal(src[0]["motion"], src[2]["motion"])  # normalised COCO == pixel WholeBody
+
+
+def test_ingest_resamples_to_the_target_fps(tmp_path):
+    videos, poses = tmp_path / "videos", tmp_path / "poses"
+    videos.mkdir()
+    poses.mkdir()
+    video_io.write_video(str(videos / "clip.mp4"), _frames(0), fps=8.0)
+    (poses / "clip.json").write_text(json.dumps([_people(t) for t in range(SRC_T)]))
+    cfg = ingest.IngestConfig(frames=5, height=16, width=20, fps=4.0)  # every second source frame
+    report = ingest.ingest(str(videos), str(poses), str(tmp_path / "out"), cfg)
+    assert report.clips == 1 and not report.skipped
+    r = records.RecordSource(str(tmp_path / "out"))[0]
+    decoded = video_io.read_video(str(videos / "clip.mp4"), 16, 20)
+    np.testing.assert_array_equal(r["target"], decoded[0:10:2])
+    fit = video_io.fit(SRC_H, SRC_W, 16, 20)
+    for k in range(5):  # the pose follows the same source frames: neck of source frame 2k
+        x, y = fit.points(np.array([24 + 2 * k, 8], np.float32))
+        assert r["motion"][k, int(y), int(x)].max() > 100, k
 
 
 def _pixel_shards(tmp_path, n=7, shard_size=3):

@@ -1,27 +1,26 @@
-"""Real videos + OpenPose keypoints -> pixel records (``data/records.py``); procedural examples too.
+"""Real videos + 2D keypoints -> pixel records (``data/records.py``); procedural examples too.
 
 Inputs
   ``videos/``: ``*.mp4`` (also .mov, .mkv, .webm, .avi). Caption: a sidecar ``<stem>.txt`` beside the
   video, else the file name (``a_woman-dancing.mp4`` -> "a woman dancing").
-  ``poses/``: 2D keypoints in OpenPose's JSON layout ``{"people": [{"pose_keypoints_2d": [x, y, c, ...]}]}``
-  with 18 (COCO / BODY_18) or 25 (BODY_25, mapped to 18) keypoints per person, pixel coordinates of
-  the source video. Per video, either
-    * OpenPose's own output, one file per frame: ``<stem>_<frame:012d>_keypoints.json``, directly in
-      ``poses/`` or in ``poses/<stem>/``; or
-    * one file ``poses/<stem>.json`` holding a list of such per-frame objects (frame order), or
-      ``{"frames": [...]}`` with that list.
-  A frame without a JSON file gets ``motion_valid = 0``; a JSON with no people renders black and stays
-  valid (OpenPose saw nobody). Joints with confidence below ``min_confidence`` are not drawn.
+  ``poses/``: 2D keypoints per video, in OpenPose-18, BODY_25, COCO-17 or COCO-WholeBody-133 (DWPose)
+  layout, pixel or normalised coordinates, as OpenPose's per-frame JSON, one ``<stem>.json`` or a
+  ``<stem>.npy``/``.npz`` array (``data/keypoints.py`` lists the layouts); all are mapped to the
+  OpenPose-18 body. A frame without a per-frame JSON file gets ``motion_valid = 0``; a frame with no
+  people renders black and stays valid. Joints with confidence below ``min_confidence`` are not drawn.
 
 Processing
   Frames are decoded with PyAV and resized to cover (height, width) then centre-cropped; keypoints
   follow the same map (:class:`~dreamactor_jax.data.video_io.Fit`) and are drawn with the project's
-  ``render_pose`` on the 18-joint OpenPose tree (neck root). Clips of ``frames`` frames, taking every
-  ``frame_step``-th source frame, start every ``stride`` source frames (default: back to back).
+  ``render_pose`` on the 18-joint OpenPose tree (neck root). Frames are taken at ``fps`` (the nearest
+  source frame; 0 keeps the source rate), then clips of ``frames`` frames, taking every ``frame_step``-th
+  of them, start every ``stride`` of them (default: back to back).
   The reference is the clip's first frame. ``identity_id`` is a stable hash of the video stem (one
   identity per video), ``motion_id`` of (stem, clip start).
 
-A video that does not decode or has no keypoints is reported and skipped; the others go on.
+A video is skipped with a reason code (``SKIP_REASONS``), counted in ``IngestReport.reasons``, and the
+others go on: it does not decode, has no keypoint file, a file that does not parse, a one-file track whose
+frame count is not the video's, nobody detected in any frame, or fewer frames than one clip.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
-import json
 import logging
 import os
 import re
@@ -37,6 +35,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from dreamactor_jax.data import keypoints as kp_lib
 from dreamactor_jax.data import records as rec
 from dreamactor_jax.data import video_io
 from dreamactor_jax.data.procedural import characters as chars
@@ -56,7 +55,7 @@ _ROLE_NAMES = [("nose", 0), ("neck", 0), ("shoulder", 1), ("arm_upper", 1), ("ar
                ("arm_upper", -1), ("arm_lower", -1), ("hip", 1), ("leg_upper", 1), ("leg_lower", 1), ("hip", -1),
                ("leg_upper", -1), ("leg_lower", -1), ("head", 0), ("head", 0), ("ear", 1), ("ear", -1)]
 OPENPOSE_18_ROLES = np.array([chars.ROLE_INDEX[r] for r in _ROLE_NAMES], np.int32)
-BODY_25_TO_18 = np.array([0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18])
+BODY_25_TO_18 = kp_lib.BODY_25_TO_18
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +68,8 @@ class IngestConfig:
       stride: source frames between clip starts (0: ``frames * frame_step``, clips back to back).
       frame_step: take every n-th source frame.
       max_people: people drawn per frame (highest mean confidence first).
-      min_confidence: joints below it are not drawn.
+      min_confidence: joints below it are not drawn; a video with no joint at or above it has no person.
+      fps: frame rate clips are cut at (nearest source frame; Wan trains at 16); 0 keeps the source rate.
     """
 
     frames: int = 17
@@ -79,6 +79,7 @@ class IngestConfig:
     frame_step: int = 1
     max_people: int = 4
     min_confidence: float = 0.05
+    fps: float = 0.0
 
     @property
     def span(self) -> int:
@@ -89,14 +90,35 @@ class IngestConfig:
         return self.stride or self.frames * self.frame_step
 
 
+# Why a video is skipped (the code starts its reason; IngestReport.reasons counts them).
+SKIP_REASONS = ("undecodable_video", "no_keypoints", "bad_keypoints", "keypoints_length", "no_person", "too_short")
+
+
+class SkipVideo(Exception):
+    """A video that cannot become clips; ``code`` is one of ``SKIP_REASONS``."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
 @dataclasses.dataclass
 class IngestReport:
-    """What an ingestion wrote and what it skipped (path, reason)."""
+    """What an ingestion wrote and what it skipped: (path, ``"<code>: <detail>"``), code in ``SKIP_REASONS``."""
 
     files: list = dataclasses.field(default_factory=list)
     clips: int = 0
     videos: int = 0
     skipped: list = dataclasses.field(default_factory=list)
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        """Skipped videos per reason code."""
+        out: dict[str, int] = {}
+        for _, why in self.skipped:
+            code = why.split(":", 1)[0]
+            out[code] = out.get(code, 0) + 1
+        return out
 
 
 def stable_id(*parts) -> int:
@@ -115,49 +137,21 @@ def caption_for(video_path: str) -> str:
 
 
 def parse_people(frame_obj: dict) -> np.ndarray:
-    """One OpenPose frame object -> (P, 18, 3) float32 (x, y, confidence), BODY_25 mapped to 18."""
-    people = []
-    for person in frame_obj.get("people", []):
-        kp = np.asarray(person.get("pose_keypoints_2d", []), np.float32)
-        if kp.size == 25 * 3:
-            kp = kp.reshape(25, 3)[BODY_25_TO_18]
-        elif kp.size == 18 * 3:
-            kp = kp.reshape(18, 3)
-        else:
-            raise ValueError(f"pose_keypoints_2d has {kp.size} values; expected 18*3 (COCO) or 25*3 (BODY_25)")
-        people.append(kp)
-    return np.stack(people) if people else np.zeros((0, 18, 3), np.float32)
+    """One frame object (OpenPose ``pose_keypoints_2d`` or any format's ``keypoints``) -> (P, 18, 3) float32."""
+    people, fmt = kp_lib._people(frame_obj, None, "frame")
+    return kp_lib.to_openpose18(people, fmt) if people.size else np.zeros((0, 18, 3), np.float32)
 
 
-def find_pose_frames(poses_dir: str, stem: str) -> dict[int, dict] | None:
-    """frame index -> OpenPose frame object for one video, or None when it has no keypoint files."""
-    single = os.path.join(poses_dir, stem + ".json")
-    if os.path.exists(single):
-        with open(single) as f:
-            data = json.load(f)
-        frames = data["frames"] if isinstance(data, dict) else data
-        return dict(enumerate(frames))
-    pattern = re.compile(re.escape(stem) + r"_(\d{12})_keypoints\.json$")
-    out = {}
-    for d in (poses_dir, os.path.join(poses_dir, stem)):
-        for path in glob.glob(os.path.join(glob.escape(d), f"{glob.escape(stem)}_*_keypoints.json")):
-            m = pattern.search(os.path.basename(path))
-            if m:
-                with open(path) as f:
-                    out[int(m.group(1))] = json.load(f)
-    return out or None
-
-
-def pose_track(frame_objs: dict[int, dict], indices: np.ndarray, max_people: int
+def pose_track(frames: Mapping[int, np.ndarray], indices: np.ndarray, max_people: int
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoints of the given source frames: ((T, S, 18, 3) with S = max_people, (T,) has-JSON flags)."""
+    """Keypoints of the given track frames: ((T, S, 18, 3) with S = max_people, (T,) has-keypoints flags)."""
     kp = np.zeros((len(indices), max_people, 18, 3), np.float32)
     have = np.zeros((len(indices),), np.float32)
     for t, i in enumerate(indices):
-        if int(i) not in frame_objs:
+        if int(i) not in frames:
             continue
         have[t] = 1.0
-        people = parse_people(frame_objs[int(i)])
+        people = frames[int(i)]
         order = np.argsort(-people[:, :, 2].mean(1), kind="stable")[:max_people]
         kp[t, : len(order)] = people[order]
     return kp, have
@@ -192,36 +186,69 @@ def clip_starts(num_frames: int, cfg: IngestConfig) -> range:
     return range(0, max(num_frames - cfg.span + 1, 0), cfg.start_step)
 
 
+def _track(video_path: str, poses_dir: str, info: video_io.VideoInfo, cfg: IngestConfig) -> kp_lib.Track:
+    """The video's keypoint track, checked: raises :class:`SkipVideo` (no file, unreadable, wrong length, nobody)."""
+    stem = os.path.splitext(os.path.basename(video_path))[0]
+    try:
+        track = kp_lib.read_track(poses_dir, stem, (info.height, info.width))
+    except kp_lib.KeypointFileError as e:
+        raise SkipVideo("bad_keypoints", str(e)) from e
+    if track is None:
+        raise SkipVideo("no_keypoints", f"no keypoints for {video_path} in {poses_dir} (expected {stem}.json, "
+                                        f"{stem}.npy/.npz or {stem}_<frame:012d>_keypoints.json)")
+    if not track.source.endswith("_keypoints.json"):  # one file for the whole video: its length must match
+        n = video_io.count_frames(video_path)
+        want = round(n * track.fps / info.fps) if track.fps and info.fps else n
+        if abs(track.length - want) > (1 if track.fps else 0):
+            raise SkipVideo("keypoints_length", f"{track.source} has {track.length} frames, the video {n}"
+                            + (f" ({want} at the track's {track.fps:g} fps)" if track.fps else ""))
+    if not track.detected(cfg.min_confidence):
+        raise SkipVideo("no_person", f"{track.source}: no joint with confidence >= {cfg.min_confidence} in "
+                                     f"any of {track.length} frames")
+    return track
+
+
 def video_clips(video_path: str, poses_dir: str, cfg: IngestConfig) -> Iterator[dict]:
     """Pixel records of one video's clips, streaming (memory: about one clip span of frames).
 
+    Frames are taken at ``cfg.fps`` (nearest source frame; 0: every source frame), then every
+    ``frame_step``-th of those makes a clip.
+
     Raises:
-      video_io.VideoError: undecodable video (clips yielded before the error stay valid).
-      FileNotFoundError: no keypoint files for the video.
+      SkipVideo: the video is not decodable, or its keypoints are missing, unreadable, of the wrong length or
+        never show a person (clips yielded before a decode error stay valid).
     """
     stem = os.path.splitext(os.path.basename(video_path))[0]
-    frame_objs = find_pose_frames(poses_dir, stem)
-    if frame_objs is None:
-        raise FileNotFoundError(f"no keypoints for {video_path} in {poses_dir} (expected {stem}.json or "
-                                f"{stem}_<frame:012d>_keypoints.json)")
-    info = video_io.probe(video_path)
+    try:
+        info = video_io.probe(video_path)
+    except video_io.VideoError as e:
+        raise SkipVideo("undecodable_video", str(e)) from e
+    track = _track(video_path, poses_dir, info, cfg)
+    ratio = track.fps / info.fps if track.fps and info.fps else 1.0  # track frame per source frame
+    step = info.fps / cfg.fps if cfg.fps > 0 and info.fps > 0 else 1.0  # source frames per timeline frame
     fitmap = video_io.fit(info.height, info.width, cfg.height, cfg.width)
     caption, identity = caption_for(video_path), stable_id(stem)
-    buffer: dict[int, np.ndarray] = {}
-    start = 0
-    for i, frame in enumerate(video_io.iter_frames(video_path, cfg.height, cfg.width)):
-        if i >= start:  # frames before the next clip's start are never needed again
-            buffer[i] = frame
-        while start + cfg.span - 1 <= i:  # the clip starting at `start` is complete
-            idx = start + cfg.frame_step * np.arange(cfg.frames)
-            yield _clip_record(np.stack([buffer[int(j)] for j in idx]), idx, frame_objs, fitmap, cfg, caption,
-                               identity, stable_id(stem, start))
-            start += cfg.start_step
-            buffer = {j: f for j, f in buffer.items() if j >= start}
+    buffer: dict[int, tuple[np.ndarray, int]] = {}  # timeline index -> (frame, track index)
+    start = k = 0
+    try:
+        for i, frame in enumerate(video_io.iter_frames(video_path, cfg.height, cfg.width)):
+            while round(k * step) == i:  # the timeline frames this source frame stands for (0, 1 or more)
+                if k >= start:  # frames before the next clip's start are never needed again
+                    buffer[k] = (frame, round(i * ratio))
+                k += 1
+            while start + cfg.span - 1 < k:  # the clip starting at `start` is complete
+                idx = start + cfg.frame_step * np.arange(cfg.frames)
+                frames = np.stack([buffer[int(j)][0] for j in idx])
+                yield _clip_record(frames, np.array([buffer[int(j)][1] for j in idx]), track.frames, fitmap, cfg,
+                                   caption, identity, stable_id(stem, start))
+                start += cfg.start_step
+                buffer = {j: f for j, f in buffer.items() if j >= start}
+    except video_io.VideoError as e:
+        raise SkipVideo("undecodable_video", str(e)) from e
 
 
-def _clip_record(frames_thw3, idx, frame_objs, fitmap, cfg, caption, identity, motion_id) -> dict:
-    kp, have = pose_track(frame_objs, idx, cfg.max_people)
+def _clip_record(frames_thw3, idx, track_frames, fitmap, cfg, caption, identity, motion_id) -> dict:
+    kp, have = pose_track(track_frames, idx, cfg.max_people)
     kp[..., :2] = fitmap.points(kp[..., :2])
     motion = render_openpose(kp, cfg.height, cfg.width, cfg.min_confidence)
     return dict(kind="pixels", target=frames_thw3, reference=frames_thw3[:1].copy(),
@@ -275,13 +302,14 @@ def ingest(videos_dir: str, poses_dir: str, out_dir: str, cfg: IngestConfig = In
             for clip in video_clips(path, poses_dir, cfg):
                 writer.write(clip)
                 n += 1
-        except (video_io.VideoError, FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as e:
-            reason = f"{type(e).__name__}: {e}" + (f" (kept the {n} clips before the error)" if n else "")
+        except SkipVideo as e:
+            reason = str(e) + (f" (kept the {n} clips before the error)" if n else "")
             log.warning("skipping %s: %s", path, reason)
             report.skipped.append((path, reason))
         else:
             if n == 0:
-                report.skipped.append((path, f"shorter than one clip ({cfg.span} frames)"))
+                report.skipped.append((path, f"too_short: shorter than one clip ({cfg.span} frames at "
+                                             f"{cfg.fps or 'the source'} fps)"))
         report.clips += n
         report.videos += n > 0
     if writer.count == 0:

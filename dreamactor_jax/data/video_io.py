@@ -82,6 +82,23 @@ def probe(path: str) -> VideoInfo:
         raise VideoError(f"{path}: {e}") from e
 
 
+def count_frames(path: str) -> int:
+    """Frames of the first video stream: the container's count when it has one, else its packets (no decoding).
+
+    Raises:
+      VideoError: the file cannot be opened or has no video stream.
+    """
+    av = _av()
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            s = c.streams.video[0]
+            return int(s.frames) if s.frames else sum(1 for p in c.demux(s) if p.size)
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: {e}") from e
+
+
 def iter_frames(path: str, height: int | None = None, width: int | None = None) -> Iterator[np.ndarray]:
     """Yields (H, W, 3) uint8 frames, resized by :func:`fit` and centre-cropped when a size is given.
 
