@@ -90,6 +90,12 @@ def test_ingest_round_trip(inputs, ingested):
         assert r["identity_id"] == ingest.stable_id(stem) and r["motion_id"] == ingest.stable_id(stem, start)
         want_valid = [0.0 if stem == "dance_a" and start + k == 7 else 1.0 for k in range(5)]
         assert r["motion_valid"].tolist() == want_valid
+        # The keypoints the motion was drawn from travel with the record, in its pixels (4 person slots).
+        assert r["keypoints"].shape == (5, CFG.max_people, 18, 3) and r["keypoints"].dtype == np.float32
+        for k in range(5):
+            want = np.r_[fit.points(np.array([24 + start + k, 8], np.float32)), 0.9] if want_valid[k] else np.zeros(3)
+            np.testing.assert_allclose(r["keypoints"][k, 0, 1], want, atol=1e-5)
+            assert not r["keypoints"][k, 1:].any()
         # The pose render sits where the keypoints went: bright at the mapped neck, black far away.
         for k in range(5):
             if not want_valid[k]:
@@ -210,7 +216,8 @@ def _pixel_shards(tmp_path, n=7, shard_size=3):
     exs = [dict(kind="pixels", target=rng.integers(0, 256, (3, 6, 10, 3), dtype=np.uint8),
                 reference=rng.integers(0, 256, (1, 6, 10, 3), dtype=np.uint8),
                 motion=rng.integers(0, 256, (3, 6, 10, 3), dtype=np.uint8),
-                motion_valid=np.array([1, 0, 1], np.float32), caption=f"clip {i}", identity_id=i) for i in range(n)]
+                motion_valid=np.array([1, 0, 1], np.float32), caption=f"clip {i}", identity_id=i,
+                keypoints=rng.uniform(0, 9, (3, 1, 18, 3)).astype(np.float32)) for i in range(n)]
     return exs, records.write_records(str(tmp_path / "px" / "clips"), exs, shard_size)
 
 
@@ -233,6 +240,7 @@ def test_precompute_equals_codec_and_resumes(tmp_path):
             np.testing.assert_allclose(r[k], codec.encode(records.uint8_to_pixels(ex[k])[None])[0], atol=1e-6)
         np.testing.assert_array_equal(r["text"], text(ex["caption"])[0])
         assert r["motion_valid"].tolist() == [1, 0, 1] and r["identity_id"] == i
+        np.testing.assert_array_equal(r["keypoints"], ex["keypoints"])  # kept for synthesis and augmentation
     # Re-running finds everything complete; a lost shard (and a stale temporary) is redone alone.
     again = precompute.precompute(str(tmp_path / "px"), out, codec, text_encoder=text)
     assert not again.written and len(again.existing) == 3

@@ -250,10 +250,11 @@ def video_clips(video_path: str, poses_dir: str, cfg: IngestConfig) -> Iterator[
 def _clip_record(frames_thw3, idx, track_frames, fitmap, cfg, caption, identity, motion_id) -> dict:
     kp, have = pose_track(track_frames, idx, cfg.max_people)
     kp[..., :2] = fitmap.points(kp[..., :2])
+    kp[kp[..., 2] <= 0] = 0.0  # undetected joints and empty person slots: all zero, not the mapped origin
     motion = render_openpose(kp, cfg.height, cfg.width, cfg.min_confidence)
     return dict(kind="pixels", target=frames_thw3, reference=frames_thw3[:1].copy(),
                 motion=rec.pixels_to_uint8(motion), motion_valid=have, caption=caption, identity_id=identity,
-                motion_id=motion_id)
+                motion_id=motion_id, keypoints=kp.astype(np.float32))
 
 
 def procedural_record(example: Mapping, stage: int = 1) -> dict:

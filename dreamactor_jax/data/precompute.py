@@ -47,7 +47,7 @@ def encode_records(pixel_records: list[dict], codec, text_encoder=None) -> list[
             o[k] = x
     for o, r in zip(out, pixel_records):
         o["motion_valid"] = latent_valid(r["motion_valid"], codec.temporal_factor)
-        for k in ("caption", "identity_id", "motion_id", "text", "text_mask"):
+        for k in ("caption", "identity_id", "motion_id", "text", "text_mask", "keypoints"):
             if k in r:
                 o[k] = r[k]
         if text_encoder is not None and "caption" in r:

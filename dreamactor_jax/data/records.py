@@ -32,6 +32,10 @@ Fields (per example, no batch axis; T frames, H x W pixels or latents, C channel
   caption         optional  ()            str      target-oriented caption
   identity_id     optional  ()            int64    who is in the clip (held-out splits, eval)
   motion_id       optional  ()            int64    which motion / source clip
+  keypoints       optional  (Tp, S, J, 3) float32  the driving pose per pixel frame (Tp: the clip's pixel
+                                                   frames), subject and joint: x, y in the record's
+                                                   pixels, confidence (0: not detected); J = 18, the
+                                                   OpenPose body order of ``data/keypoints.py``
   ==============  ========  ============  =======  ==============================================
 
   (float* = float32 or float16.) Training needs ``text`` or ``caption``; without stored ``text``
@@ -71,7 +75,7 @@ SCHEMA_VERSION = 1
 KINDS = ("pixels", "latents")
 VIDEO_FIELDS = ("target", "reference", "motion")
 REQUIRED = ("schema_version", "kind", *VIDEO_FIELDS, "motion_valid")
-OPTIONAL = ("text", "text_mask", "caption", "identity_id", "motion_id")
+OPTIONAL = ("text", "text_mask", "caption", "identity_id", "motion_id", "keypoints")
 STRING_FIELDS = ("kind", "caption")
 INT_FIELDS = ("schema_version", "identity_id", "motion_id")
 SUFFIX = ".array_record"
@@ -237,6 +241,11 @@ def check_example(ex: Mapping, where: str) -> None:
         if (pixels and (dt != np.uint8 or c != 3)) or (not pixels and dt.kind != "f"):
             raise RecordSchemaError(f"{where}: field {k!r} of a {ex['kind']} record is {dt} with {c} channels; "
                                     f"expected {'uint8 RGB' if pixels else 'float'}")
+    if "keypoints" in ex:
+        kp = np.asarray(ex["keypoints"])
+        if kp.ndim != 4 or kp.shape[-1] != 3 or kp.dtype != np.float32 or (ex["kind"] == "pixels" and len(kp) != t):
+            raise RecordSchemaError(f"{where}: field 'keypoints' is {kp.dtype} {kp.shape}; expected float32 "
+                                    f"(T, S, J, 3){f' with T = {t}' if ex['kind'] == 'pixels' else ''}")
     if ("text" in ex) != ("text_mask" in ex):
         raise RecordSchemaError(f"{where}: fields 'text' and 'text_mask' come together; got only one")
     if "text" in ex and (np.ndim(ex["text"]) != 2 or np.shape(ex["text_mask"]) != np.shape(ex["text"])[:1]):
