@@ -121,6 +121,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     check_sizes(config, mcfg)
     pt, ph, pw = mcfg.patch_size
+    if not 0.0 <= float(d.get("records_pose_augment_prob", 0.0)) <= 1.0:
+        raise ValueError(f"config.data.records_pose_augment_prob must be in [0, 1], got {d.records_pose_augment_prob}")
     if int(d.get("prefetch", 0)) < 0:
         raise ValueError(f"config.data.prefetch must be >= 0 (0: off), got {d.prefetch}")
     if not 0 <= d.motion_masked_frames < d.frames:

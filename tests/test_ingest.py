@@ -211,6 +211,60 @@ def test_ingest_resamples_to_the_target_fps(tmp_path):
         assert r["motion"][k, int(y), int(x)].max() > 100, k
 
 
+def test_augment_track_scales_visible_bones_only():
+    from dreamactor_jax.data import augment
+
+    # A chain 0 -> 1 -> 2 -> 3 plus a second root 4; joint 2 is hidden in frame 1.
+    parents = np.array([-1, 0, 1, 2, -1])
+    kp = np.zeros((2, 1, 5, 3), np.float32)
+    kp[:, 0, :, :2] = [[10, 10], [10, 20], [10, 30], [10, 40], [30, 10]]
+    kp[:, 0, :, 2] = 1.0
+    kp[1, 0, 2] = 0.0
+    same, applied = augment.augment_track(np.random.default_rng(0), kp, parents, prob=0.0)
+    assert not applied and np.array_equal(same, kp)
+    out, applied = augment.augment_track(np.random.default_rng(0), kp, parents, prob=1.0)
+    assert applied and np.array_equal(out[..., 2], kp[..., 2])
+    assert not out[1, 0, 2].any()  # hidden stays hidden (zero)
+    bones = np.diff(out[0, 0, :4, 1])
+    assert not np.allclose(bones / bones[0], [1, 1, 1])  # the chain's bones were scaled differently
+    for f in range(2):  # each frame's box of visible joints is kept
+        vis = kp[f, 0, :, 2] > 0
+        np.testing.assert_allclose(out[f, 0, vis, :2].min(0), kp[f, 0, vis, :2].min(0), atol=1e-4)
+        np.testing.assert_allclose(out[f, 0, vis, :2].max(0), kp[f, 0, vis, :2].max(0), atol=1e-4)
+    again, _ = augment.augment_track(np.random.default_rng(0), kp, parents, prob=1.0)
+    np.testing.assert_array_equal(out, again)
+    with pytest.raises(ValueError, match="parents-first"):
+        augment.augment_track(np.random.default_rng(0), kp, np.array([1, -1, 1, 2, -1]), prob=1.0)
+
+
+def test_records_pose_augmentation_rerenders_the_motion(ingested, tmp_path):
+    import ml_collections
+
+    from dreamactor_jax.data import pipeline
+    from dreamactor_jax.data.sources import data_section
+
+    _, out = ingested
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = data_section(source="records", records_dir=str(out), frames=5, height=8, width=10, channels=12,
+                          text_len=4, batch_size=2, motion_masked_frames=0)
+    codec = get_codec("space_to_depth", spatial_factor=2, latent_channels=12)
+    plain = pipeline.config_dataset(c, text_dim=8, codec=codec)
+    c.data.records_pose_augment_prob = 1.0
+    aug = pipeline.config_dataset(c, text_dim=8, codec=codec)
+    for i in range(2):  # same records, same order: only the motion changes
+        a, b = plain[i], aug[i]
+        np.testing.assert_array_equal(a["target"], b["target"])
+        assert np.abs(a["motion"] - b["motion"]).max() > 0.1, i
+        assert all(np.array_equal(aug[i][k], b[k]) for k in b)  # a draw is a function of the position
+    assert np.abs(aug[0]["motion"] - aug[2]["motion"]).max() > 0  # epoch 2 draws afresh (4 records, batch 2)
+    lat = tmp_path / "lat"
+    precompute.precompute(str(out), str(lat), codec, text_encoder=TextEncoder(4, 8, 0))
+    c.data.update(records_dir=str(lat), height=8, width=10)
+    with pytest.raises(ValueError, match="records_pose_augment_prob=1.0 re-renders .* latents records"):
+        pipeline.config_dataset(c, text_dim=8, codec=codec)
+
+
 def _pixel_shards(tmp_path, n=7, shard_size=3):
     rng = np.random.default_rng(0)
     exs = [dict(kind="pixels", target=rng.integers(0, 256, (3, 6, 10, 3), dtype=np.uint8),

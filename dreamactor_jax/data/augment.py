@@ -148,3 +148,39 @@ def prepend_zero_frames(motion: np.ndarray, num_frames: int, *, time_axis: int =
 def frames_per_second(fps: float, seconds: float = 1.0) -> int:
     """How many frames cover ``seconds`` at ``fps`` (rounded): the N of "mask the first second"."""
     return int(round(fps * seconds))
+
+
+def augment_track(rng: np.random.Generator, keypoints_tsj3: np.ndarray, parents_j: np.ndarray, *, prob: float = 0.3,
+                  low: float = 0.8, high: float = 1.2) -> tuple[np.ndarray, bool]:
+    """:func:`augment_pose` for estimated keypoints, whose joints come and go per frame.
+
+    One set of bone factors per sample (subject and bone); in each frame only the visible joints
+    (confidence > 0) take part: a visible joint whose parent is not visible is a root there (it stays
+    put and carries its subtree), and the result is mapped onto that frame's box of visible joints.
+    Invisible joints stay zero.
+
+    Args:
+      keypoints_tsj3: (T, S, J, 3) x, y, confidence.
+      parents_j: (J,) parent table of the skeleton, parents first (``parents_j[j] < j``).
+
+    Returns:
+      (augmented (T, S, J, 3) with the confidences unchanged, whether this sample was augmented).
+    """
+    kp = np.asarray(keypoints_tsj3, np.float32)
+    t, s, j, _ = kp.shape
+    factors, applied = sample_bone_factors(rng, s, j, prob=prob, low=low, high=high)
+    if not applied:
+        return kp.copy(), False
+    parents = np.asarray(parents_j)
+    if np.any(parents >= np.arange(j)):
+        raise ValueError("augment_track needs a parents-first skeleton (parents_j[j] < j for every joint)")
+    out = kp.copy()
+    for f in range(t):
+        vis = kp[f, :, :, 2] > 0  # (S, J)
+        par = np.where((parents >= 0)[None] & np.take_along_axis(vis, np.maximum(parents, 0)[None].repeat(s, 0), 1),
+                       parents[None], -1)
+        scaled = scale_bones(kp[f : f + 1, :, :, :2], par, factors)
+        out[f, :, :, :2] = normalize_to_bbox(scaled, kp[f : f + 1, :, :, :2], vis.astype(np.float32),
+                                             per_frame=True)[0]
+    out[..., :2] *= (kp[..., 2:] > 0)
+    return out, True

@@ -158,6 +158,9 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
     c.text_len = 512  # text tokens L
     c.motion_masked_frames = 4  # latent frames with the driving signal masked (first second)
     c.records_dir = ""  # ArrayRecord directory for source='records'
+    # Stage-1 pose augmentation of pixel records with keypoints (launch/ingest.py writes them): on this fraction
+    # of draws, bone lengths x U(0.8, 1.2) and the motion re-rendered (paper: 0.3); 0: off
+    c.records_pose_augment_prob = 0.0
     c.pose_mix = 0.0  # fraction of batches drawn from stage-1 pose data instead (stage 2 mixing)
     c.prefetch = 2  # host batches built ahead in a background thread while the device steps (0: off)
     # name: 'space_to_depth' (exact, tiny runs) | 'wan_vae' (spatial_factor 8; weights: a diffusers
