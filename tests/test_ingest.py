@@ -211,6 +211,20 @@ def test_ingest_resamples_to_the_target_fps(tmp_path):
         assert r["motion"][k, int(y), int(x)].max() > 100, k
 
 
+def test_skeletons_are_drawn_in_openpose_style():
+    kp = np.zeros((2, 1, 18, 3), np.float32)
+    kp[0, 0, 1], kp[0, 0, 2] = (30, 20, 0.9), (10, 20, 0.9)  # neck and right shoulder: limb 0, red
+    kp[1, 0, 4] = (20, 30, 0.9)  # a lone right wrist: its joint disc, no limb
+    img = kp_lib.draw_openpose(kp, 48, 64, stick_width=4)
+    assert img.dtype == np.uint8 and img.shape == (2, 48, 64, 3)
+    assert img[0, 20, 20].tolist() == [153, 0, 0]  # the stick: 60% of OpenPose's red over black
+    assert img[0, 20, 30].tolist() == [255, 34, 0]  # the neck's orange disc under the stick
+    assert img[1, 30, 20].tolist() == [170, 255, 0]  # the wrist's colour
+    assert not img[0, 40].any() and not img[1, 10].any()  # black elsewhere
+    np.testing.assert_allclose(ingest.render_openpose(kp, 48, 64), records.uint8_to_pixels(
+        kp_lib.draw_openpose(kp, 48, 64)))
+
+
 def test_augment_track_scales_visible_bones_only():
     from dreamactor_jax.data import augment
 

@@ -11,8 +11,8 @@ Inputs
 
 Processing
   Frames are decoded with PyAV and resized to cover (height, width) then centre-cropped; keypoints
-  follow the same map (:class:`~dreamactor_jax.data.video_io.Fit`) and are drawn with the project's
-  ``render_pose`` on the 18-joint OpenPose tree (neck root). Frames are taken at ``fps`` (the nearest
+  follow the same map (:class:`~dreamactor_jax.data.video_io.Fit`) and are drawn in OpenPose's own style
+  (joint colours, 17 limbs, black background: :func:`render_openpose`). Frames are taken at ``fps`` (the nearest
   source frame; 0 keeps the source rate), then clips of ``frames`` frames, taking every ``frame_step``-th
   of them, start every ``stride`` of them (default: back to back).
   The reference is the clip's first frame. ``identity_id`` is a stable hash of the video stem (one
@@ -39,7 +39,6 @@ from dreamactor_jax.data import keypoints as kp_lib
 from dreamactor_jax.data import records as rec
 from dreamactor_jax.data import video_io
 from dreamactor_jax.data.procedural import characters as chars
-from dreamactor_jax.data.procedural import render
 
 log = logging.getLogger(__name__)
 
@@ -158,27 +157,10 @@ def pose_track(frames: Mapping[int, np.ndarray], indices: np.ndarray, max_people
 
 
 def render_openpose(kp_ts183: np.ndarray, height: int, width: int, min_confidence: float = 0.05) -> np.ndarray:
-    """OpenPose-style skeleton frames (T, H, W, 3) float32 [-1, 1] of keypoints in target pixels.
-
-    ``render_pose`` takes one joint mask per clip, but real joints come and go per frame: frames are
-    grouped by their visibility pattern and each group is drawn in one call. A visible joint whose
-    parent is hidden is drawn as a dot (its parent set to -1).
-    """
-    t, s = kp_ts183.shape[:2]
-    visible = kp_ts183[..., 2] >= max(min_confidence, 1e-6)  # (T, S, 18); confidence 0 = not detected
-    out = np.full((t, height, width, 3), -1.0, np.float32)
-    patterns, group = np.unique(visible.reshape(t, -1), axis=0, return_inverse=True)
-    roles = np.broadcast_to(OPENPOSE_18_ROLES, (s, 18))
-    for g, pattern in enumerate(patterns):
-        frames = np.nonzero(group.reshape(-1) == g)[0]
-        mask = pattern.reshape(s, 18)
-        if not mask.any():
-            continue
-        par = np.broadcast_to(OPENPOSE_18_PARENTS, (s, 18)).copy()
-        par[(par >= 0) & ~np.take_along_axis(mask, np.maximum(par, 0), 1)] = -1
-        out[frames] = render.render_pose(kp_ts183[frames, ..., :2], par, roles, mask.astype(np.float32),
-                                         height, width)
-    return out
+    """Skeleton frames (T, H, W, 3) float32 [-1, 1] of OpenPose-18 keypoints in target pixels, drawn the way
+    OpenPose and ControlNet's openpose conditions are (:func:`~dreamactor_jax.data.keypoints.draw_openpose`:
+    its 18 joint colours and 17 limbs on black), so clips look like the pose images of the ecosystem's tools."""
+    return rec.uint8_to_pixels(kp_lib.draw_openpose(kp_ts183, height, width, min_confidence))
 
 
 def clip_starts(num_frames: int, cfg: IngestConfig) -> range:
