@@ -68,18 +68,23 @@ def fit(src_height: int, src_width: int, height: int, width: int) -> Fit:
     return Fit(rh, rw, top, left, rh / src_height, rw / src_width)
 
 
-def probe(path: str) -> VideoInfo:
-    """Size, frame rate and (when known) frame count of the first video stream."""
+def _with_stream(path: str, read):
+    """``read(container, first video stream)``, with open/decode failures and a missing stream as VideoError."""
     av = _av()
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise VideoError(f"{path}: no video stream")
-            s = c.streams.video[0]
-            fps = float(s.average_rate) if s.average_rate else 0.0
-            return VideoInfo(s.codec_context.width, s.codec_context.height, fps, int(s.frames or 0))
+            return read(c, c.streams.video[0])
     except av.FFmpegError as e:
         raise VideoError(f"{path}: {e}") from e
+
+
+def probe(path: str) -> VideoInfo:
+    """Size, frame rate and (when known) frame count of the first video stream."""
+    return _with_stream(path, lambda c, s: VideoInfo(s.codec_context.width, s.codec_context.height,
+                                                     float(s.average_rate) if s.average_rate else 0.0,
+                                                     int(s.frames or 0)))
 
 
 def count_frames(path: str) -> int:
@@ -88,15 +93,7 @@ def count_frames(path: str) -> int:
     Raises:
       VideoError: the file cannot be opened or has no video stream.
     """
-    av = _av()
-    try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise VideoError(f"{path}: no video stream")
-            s = c.streams.video[0]
-            return int(s.frames) if s.frames else sum(1 for p in c.demux(s) if p.size)
-    except av.FFmpegError as e:
-        raise VideoError(f"{path}: {e}") from e
+    return _with_stream(path, lambda c, s: int(s.frames) if s.frames else sum(1 for p in c.demux(s) if p.size))
 
 
 def iter_frames(path: str, height: int | None = None, width: int | None = None) -> Iterator[np.ndarray]:
