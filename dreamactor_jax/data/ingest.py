@@ -38,22 +38,15 @@ import numpy as np
 from dreamactor_jax.data import keypoints as kp_lib
 from dreamactor_jax.data import records as rec
 from dreamactor_jax.data import video_io
-from dreamactor_jax.data.procedural import characters as chars
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 OPENPOSE_18 = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist", "r_hip",
                "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
-# OpenPose's COCO limb pairs as a tree rooted at the neck. The nose's parent (neck) comes after it, so
-# this table is not parent-first ordered; render_pose does not need that (the bone augmentation would).
+# OpenPose's COCO limb pairs as a tree rooted at the neck. The nose's parent (neck) comes after it, so this
+# table is not parent-first ordered (pipeline.AugmentPose reorders it for the bone augmentation).
 OPENPOSE_18_PARENTS = np.array([1, -1, 1, 2, 3, 1, 5, 6, 1, 8, 9, 1, 11, 12, 0, 0, 14, 15], np.int32)
-# Role of the bone ending at each joint: (group, side), sides +1 right / -1 left as in characters.py,
-# so a right forearm gets the same colour as a procedural character's right forearm.
-_ROLE_NAMES = [("nose", 0), ("neck", 0), ("shoulder", 1), ("arm_upper", 1), ("arm_lower", 1), ("shoulder", -1),
-               ("arm_upper", -1), ("arm_lower", -1), ("hip", 1), ("leg_upper", 1), ("leg_lower", 1), ("hip", -1),
-               ("leg_upper", -1), ("leg_lower", -1), ("head", 0), ("head", 0), ("ear", 1), ("ear", -1)]
-OPENPOSE_18_ROLES = np.array([chars.ROLE_INDEX[r] for r in _ROLE_NAMES], np.int32)
 BODY_25_TO_18 = kp_lib.BODY_25_TO_18
 
 
@@ -207,14 +200,14 @@ def video_clips(video_path: str, poses_dir: str, cfg: IngestConfig) -> Iterator[
         raise SkipVideo("undecodable_video", str(e)) from e
     track = _track(video_path, poses_dir, info, cfg)
     ratio = track.fps / info.fps if track.fps and info.fps else 1.0  # track frame per source frame
-    step = info.fps / cfg.fps if cfg.fps > 0 and info.fps > 0 else 1.0  # source frames per timeline frame
     fitmap = video_io.fit(info.height, info.width, cfg.height, cfg.width)
     caption, identity = caption_for(video_path), stable_id(stem)
     buffer: dict[int, tuple[np.ndarray, int]] = {}  # timeline index -> (frame, track index)
     start = k = 0
     try:
         for i, frame in enumerate(video_io.iter_frames(video_path, cfg.height, cfg.width)):
-            while round(k * step) == i:  # the timeline frames this source frame stands for (0, 1 or more)
+            # The timeline frames (at cfg.fps) this source frame stands for: 0, 1 or more.
+            while kp_lib.source_frame(k, info.fps, cfg.fps) == i:
                 if k >= start:  # frames before the next clip's start are never needed again
                     buffer[k] = (frame, round(i * ratio))
                 k += 1

@@ -198,12 +198,19 @@ def read_track(poses_dir: str, stem: str, source_size: tuple[int, int]) -> Track
     return Track(_finish(frames, fmt or "openpose18", where, None), max(objs) + 1, fmt or "openpose18", 0.0, where)
 
 
+def source_frame(k: int, source_fps: float, target_fps: float) -> int:
+    """The source frame that plays as frame ``k`` at ``target_fps`` (nearest; a rate of 0 keeps the source's)."""
+    if target_fps <= 0 or source_fps <= 0:
+        return k
+    return round(k * source_fps / target_fps)
+
+
 def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> np.ndarray:
-    """Source frame indices that play ``num_frames`` source frames at ``target_fps`` (nearest frame)."""
+    """Source frame indices that play ``num_frames`` source frames at ``target_fps`` (:func:`source_frame`)."""
     if target_fps <= 0 or source_fps <= 0 or abs(source_fps - target_fps) < 1e-6:
         return np.arange(num_frames)
     n = int(np.floor((num_frames - 1) * target_fps / source_fps)) + 1
-    return np.minimum(np.round(np.arange(n) * source_fps / target_fps).astype(np.int64), num_frames - 1)
+    return np.array([min(source_frame(k, source_fps, target_fps), num_frames - 1) for k in range(n)], np.int64)
 
 
 # OpenPose's body drawing (its demo and ControlNet's "openpose" condition images): 17 limbs over the 18 joints

@@ -28,6 +28,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from dreamactor_jax.data import augment, ingest
 from dreamactor_jax.data import records as rec
 from dreamactor_jax.data.text import TextEncoder
 
@@ -158,16 +159,12 @@ class AugmentPose(grain.transforms.RandomMap):
     """
 
     def __init__(self, prob: float = 0.3, min_confidence: float = 0.05):
-        from dreamactor_jax.data import ingest
-
         self.prob, self.min_confidence = float(prob), float(min_confidence)
         inv = np.argsort(_PARENT_FIRST)
         self._parents = inv[np.maximum(ingest.OPENPOSE_18_PARENTS[_PARENT_FIRST], 0)]
         self._parents[ingest.OPENPOSE_18_PARENTS[_PARENT_FIRST] < 0] = -1
 
     def random_map(self, r: dict, rng: np.random.Generator) -> dict:
-        from dreamactor_jax.data import augment, ingest
-
         kp = np.asarray(r["keypoints"], np.float32)
         if kp.shape[2] != 18:
             raise ValueError(f"record keypoints have {kp.shape[2]} joints; pose augmentation draws OpenPose-18")
