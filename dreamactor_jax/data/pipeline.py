@@ -143,8 +143,11 @@ def records_loader(files, *, batch_size: int, seed: int = 0, shuffle: bool = Tru
 # ----------------------------------------------------------------------------- records -> training fields
 
 
-# OpenPose-18 with the neck first, so that every parent precedes its joint (augment.augment_track needs it).
+# OpenPose-18 with the neck first, so that every parent precedes its joint (augment.augment_track needs it),
+# and the parent table in that order.
 _PARENT_FIRST = np.array([1, 0, *range(2, 18)])
+_PARENTS = ingest.OPENPOSE_18_PARENTS[_PARENT_FIRST]
+_PARENTS = np.where(_PARENTS >= 0, np.argsort(_PARENT_FIRST)[np.maximum(_PARENTS, 0)], -1)
 
 
 class AugmentPose(grain.transforms.RandomMap):
@@ -160,15 +163,12 @@ class AugmentPose(grain.transforms.RandomMap):
 
     def __init__(self, prob: float = 0.3, min_confidence: float = 0.05):
         self.prob, self.min_confidence = float(prob), float(min_confidence)
-        inv = np.argsort(_PARENT_FIRST)
-        self._parents = inv[np.maximum(ingest.OPENPOSE_18_PARENTS[_PARENT_FIRST], 0)]
-        self._parents[ingest.OPENPOSE_18_PARENTS[_PARENT_FIRST] < 0] = -1
 
     def random_map(self, r: dict, rng: np.random.Generator) -> dict:
         kp = np.asarray(r["keypoints"], np.float32)
         if kp.shape[2] != 18:
             raise ValueError(f"record keypoints have {kp.shape[2]} joints; pose augmentation draws OpenPose-18")
-        aug, applied = augment.augment_track(rng, kp[:, :, _PARENT_FIRST], self._parents, prob=self.prob)
+        aug, applied = augment.augment_track(rng, kp[:, :, _PARENT_FIRST], _PARENTS, prob=self.prob)
         if not applied:
             return r
         aug = aug[:, :, np.argsort(_PARENT_FIRST)]

@@ -452,8 +452,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
 def _data_skips() -> dict:
     """Skipped corrupt records and unreadable files, summed over processes (a collective: every process calls it)."""
     s = records.skip_stats()
-    counts = distributed.sum_over_processes([s["corrupt_reads"], s["corrupt_records"], s["bad_files"]])
-    return {"corrupt_reads": int(counts[0]), "corrupt_records": int(counts[1]), "bad_files": int(counts[2]),
+    reads, bad_records, bad_files = distributed.sum_over_processes(
+        [s["corrupt_reads"], s["corrupt_records"], s["bad_files"]])
+    return {"corrupt_reads": reads, "corrupt_records": bad_records, "bad_files": bad_files,
             "local_records": s["records"][:20], "local_files": s["files"][:20]}
 
 
