@@ -130,7 +130,7 @@ def caption_for(video_path: str) -> str:
 
 def parse_people(frame_obj: dict) -> np.ndarray:
     """One frame object (OpenPose ``pose_keypoints_2d`` or any format's ``keypoints``) -> (P, 18, 3) float32."""
-    people, fmt = kp_lib._people(frame_obj, None, "frame")
+    people, fmt = kp_lib.frame_people(frame_obj, None, "frame")
     return kp_lib.to_openpose18(people, fmt) if people.size else np.zeros((0, 18, 3), np.float32)
 
 

@@ -94,7 +94,7 @@ def to_openpose18(kp_pj3: np.ndarray, fmt: str) -> np.ndarray:
     raise KeypointFileError(f"unknown keypoint format {fmt!r}; known: {FORMATS}")
 
 
-def _people(frame_obj, fmt: str | None, where: str) -> tuple[np.ndarray, str | None]:
+def frame_people(frame_obj, fmt: str | None, where: str) -> tuple[np.ndarray, str | None]:
     """One frame object -> ((P, J, 3) in the file's format, format)."""
     people = []
     for person in frame_obj.get("people", []) if isinstance(frame_obj, dict) else frame_obj:
@@ -117,7 +117,7 @@ def _people(frame_obj, fmt: str | None, where: str) -> tuple[np.ndarray, str | N
 def _from_objects(objs: list, fmt: str | None, where: str, scale: tuple[float, float] | None) -> dict:
     frames = {}
     for i, obj in enumerate(objs):
-        kp, fmt = _people(obj, fmt, f"{where} frame {i}")
+        kp, fmt = frame_people(obj, fmt, f"{where} frame {i}")
         frames[i] = kp
     return _finish(frames, fmt or "openpose18", where, scale)
 
@@ -193,7 +193,7 @@ def read_track(poses_dir: str, stem: str, source_size: tuple[int, int]) -> Track
         return None
     frames, fmt = {}, None
     for i, (obj, path) in objs.items():
-        frames[i], fmt = _people(obj, fmt, path)
+        frames[i], fmt = frame_people(obj, fmt, path)
     where = os.path.join(poses_dir, f"{stem}_*_keypoints.json")
     return Track(_finish(frames, fmt or "openpose18", where, None), max(objs) + 1, fmt or "openpose18", 0.0, where)
 
