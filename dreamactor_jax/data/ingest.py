@@ -8,6 +8,9 @@ Inputs
   ``<stem>.npy``/``.npz`` array (``data/keypoints.py`` lists the layouts); all are mapped to the
   OpenPose-18 body. A frame without a per-frame JSON file gets ``motion_valid = 0``; a frame with no
   people renders black and stays valid. Joints with confidence below ``min_confidence`` are not drawn.
+  Videos without a keypoint file get their poses from ``estimator`` when one is given (an RTMPose / DWPose
+  ONNX model, :class:`~dreamactor_jax.data.pose_estimator.PoseEstimator`), run on the source frames the
+  clips use; ``poses/`` may then be empty or absent.
 
 Processing
   Frames are decoded with PyAV and resized to cover (height, width) then centre-cropped; keypoints
@@ -161,17 +164,49 @@ def clip_starts(num_frames: int, cfg: IngestConfig) -> range:
     return range(0, max(num_frames - cfg.span + 1, 0), cfg.start_step)
 
 
-def _track(video_path: str, poses_dir: str, info: video_io.VideoInfo, cfg: IngestConfig) -> kp_lib.Track:
-    """The video's keypoint track, checked: raises :class:`SkipVideo` (no file, unreadable, wrong length, nobody)."""
+def estimate_track(video_path: str, estimator, info: video_io.VideoInfo, cfg: IngestConfig) -> kp_lib.Track:
+    """Runs ``estimator`` (frame (H, W, 3) uint8 -> (P, K, 3)) on the source frames the ``cfg.fps`` timeline
+    uses; the track holds every decoded frame (frames the timeline skips have no people)."""
+    frames: dict[int, np.ndarray] = {}
+    k, fmt = 0, None
+    try:
+        for i, frame in enumerate(video_io.iter_frames(video_path)):
+            people = np.zeros((0, 18, 3), np.float32)
+            if kp_lib.source_frame(k, info.fps, cfg.fps) == i:
+                raw = np.asarray(estimator(frame), np.float32)
+                if raw.size:
+                    fmt = fmt or kp_lib.detect_format(raw.shape[1], f"pose estimator on {video_path}")
+                    people = kp_lib.to_openpose18(raw, fmt)
+            while kp_lib.source_frame(k, info.fps, cfg.fps) <= i:
+                k += 1
+            frames[i] = people
+    except video_io.VideoError as e:
+        raise SkipVideo("undecodable_video", str(e)) from e
+    except kp_lib.KeypointFileError as e:  # an estimator output of no known layout
+        raise SkipVideo("bad_keypoints", str(e)) from e
+    return kp_lib.Track(frames, len(frames), fmt or "openpose18", 0.0, f"pose estimator on {video_path}")
+
+
+def _track(video_path: str, poses_dir: str, info: video_io.VideoInfo, cfg: IngestConfig, estimator=None
+           ) -> kp_lib.Track:
+    """The video's keypoint track, checked: raises :class:`SkipVideo` (no file, unreadable, wrong length, nobody).
+
+    The keypoint file wins; without one, ``estimator`` (if given) extracts the poses from the video.
+    """
     stem = os.path.splitext(os.path.basename(video_path))[0]
     try:
-        track = kp_lib.read_track(poses_dir, stem, (info.height, info.width))
+        track = kp_lib.read_track(poses_dir, stem, (info.height, info.width)) if poses_dir else None
     except kp_lib.KeypointFileError as e:
         raise SkipVideo("bad_keypoints", str(e)) from e
-    if track is None:
-        raise SkipVideo("no_keypoints", f"no keypoints for {video_path} in {poses_dir} (expected {stem}.json, "
-                                        f"{stem}.npy/.npz or {stem}_<frame:012d>_keypoints.json)")
-    if not track.source.endswith("_keypoints.json"):  # one file for the whole video: its length must match
+    if track is None and estimator is not None:
+        track = estimate_track(video_path, estimator, info, cfg)
+    elif track is None:
+        raise SkipVideo("no_keypoints", f"no keypoints for {video_path} in {poses_dir or '(no poses dir)'} "
+                                        f"(expected {stem}.json, {stem}.npy/.npz or "
+                                        f"{stem}_<frame:012d>_keypoints.json) and no pose estimator")
+    if track.source.startswith("pose estimator"):
+        pass  # one entry per decoded frame by construction
+    elif not track.source.endswith("_keypoints.json"):  # one file for the whole video: its length must match
         n = video_io.count_frames(video_path)
         want = round(n * track.fps / info.fps) if track.fps and info.fps else n
         if abs(track.length - want) > (1 if track.fps else 0):
@@ -183,7 +218,7 @@ def _track(video_path: str, poses_dir: str, info: video_io.VideoInfo, cfg: Inges
     return track
 
 
-def video_clips(video_path: str, poses_dir: str, cfg: IngestConfig) -> Iterator[dict]:
+def video_clips(video_path: str, poses_dir: str, cfg: IngestConfig, estimator=None) -> Iterator[dict]:
     """Pixel records of one video's clips, streaming (memory: about one clip span of frames).
 
     Frames are taken at ``cfg.fps`` (nearest source frame; 0: every source frame), then every
@@ -198,7 +233,7 @@ def video_clips(video_path: str, poses_dir: str, cfg: IngestConfig) -> Iterator[
         info = video_io.probe(video_path)
     except video_io.VideoError as e:
         raise SkipVideo("undecodable_video", str(e)) from e
-    track = _track(video_path, poses_dir, info, cfg)
+    track = _track(video_path, poses_dir, info, cfg, estimator)
     ratio = track.fps / info.fps if track.fps and info.fps else 1.0  # track frame per source frame
     fitmap = video_io.fit(info.height, info.width, cfg.height, cfg.width)
     caption, identity = caption_for(video_path), stable_id(stem)
@@ -252,11 +287,13 @@ def find_videos(videos_dir: str) -> list[str]:
 
 
 def ingest(videos_dir: str, poses_dir: str, out_dir: str, cfg: IngestConfig = IngestConfig(), *,
-           name: str = "clips", shard_size: int = 64) -> IngestReport:
-    """Writes pixel records ``out_dir/<name>-XXXXX-of-NNNNN.array_record`` from videos + OpenPose JSON.
+           name: str = "clips", shard_size: int = 64, estimator=None) -> IngestReport:
+    """Writes pixel records ``out_dir/<name>-XXXXX-of-NNNNN.array_record`` from videos + keypoints.
 
     Args:
-      videos_dir, poses_dir: inputs (see module docstring).
+      videos_dir, poses_dir: inputs (see module docstring); ``poses_dir`` may be "" (or absent) with an estimator.
+      estimator: poses for videos without a keypoint file (``pose_estimator.PoseEstimator`` or any callable
+        frame (H, W, 3) uint8 -> (P, K, 3) pixel keypoints); None: such videos are skipped (``no_keypoints``).
       out_dir: created if missing.
       cfg: clip length, size, stride.
       name: file name prefix.
@@ -265,8 +302,12 @@ def ingest(videos_dir: str, poses_dir: str, out_dir: str, cfg: IngestConfig = In
     Returns:
       An :class:`IngestReport`; videos that failed are listed in ``skipped`` with the reason (and logged).
     """
-    if not os.path.isdir(poses_dir):
-        raise FileNotFoundError(f"poses directory {poses_dir} does not exist")
+    if poses_dir and not os.path.isdir(poses_dir):
+        if estimator is None:
+            raise FileNotFoundError(f"poses directory {poses_dir} does not exist (and no pose estimator is given)")
+        poses_dir = ""
+    if not poses_dir and estimator is None:
+        raise ValueError("ingest: neither a poses directory nor a pose estimator; give at least one")
     videos = find_videos(videos_dir)
     if not videos:
         raise FileNotFoundError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) in {videos_dir}")
@@ -275,7 +316,7 @@ def ingest(videos_dir: str, poses_dir: str, out_dir: str, cfg: IngestConfig = In
     for path in videos:
         n = 0
         try:
-            for clip in video_clips(path, poses_dir, cfg):
+            for clip in video_clips(path, poses_dir, cfg, estimator):
                 writer.write(clip)
                 n += 1
         except SkipVideo as e:
