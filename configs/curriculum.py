@@ -4,6 +4,10 @@ Tiny (the README's main job; CPU, minutes, procedural data):
   python launch/curriculum.py --config=configs/curriculum.py:tiny --workdir=runs/curriculum
 Small (the quality config: a 4x larger model trained 5x longer; under an hour on 2 CPU cores):
   python launch/curriculum.py --config=configs/curriculum.py:small --workdir=runs/curriculum_small
+Tiny on real data (every phase reads records: set the stage-1, pool and eval paths and the pose model):
+  python launch/curriculum.py --config=configs/curriculum.py:tiny_real --workdir=runs/real \
+    --config.stage1.data.records_dir=... --config.synthesis.reference_pool=... --config.eval.records_dir=... \
+    --config.synthesis.pose_model=...
 One phase: --only=stage1|synthesis|stage2|export|eval. Real scale: configs/curriculum_wan14b.py.
 """
 
@@ -11,7 +15,7 @@ from dreamactor_jax.curriculum.presets import curriculum_config
 
 
 def get_config(arg: str | None = None):
-    if (arg or "") not in ("", "tiny", "small"):
-        raise ValueError(f"configs/curriculum.py: unknown argument {arg!r}; use 'tiny', 'small' (or '' for "
-                         "Wan2.1-14B)")
+    if (arg or "") not in ("", "tiny", "small", "tiny_real"):
+        raise ValueError(f"configs/curriculum.py: unknown argument {arg!r}; use 'tiny', 'small', 'tiny_real' (or ''"
+                         " for Wan2.1-14B)")
     return curriculum_config(arg or "wan14b")

@@ -1,6 +1,7 @@
 """Evaluation metrics behave as documented on cases with known answers."""
 
 import numpy as np
+import pytest
 
 from dreamactor_jax.eval import metrics
 
@@ -49,3 +50,32 @@ def test_keypoint_consistency_penalises_noise():
     frames, kp = _scene()
     noise = np.random.default_rng(3).uniform(-1, 1, frames.shape).astype(np.float32)
     assert metrics.keypoint_consistency(noise, kp, np.ones((1, 2), bool), frames[0]) < 0.3
+
+
+def test_pose_pck_counts_joints_within_the_subject_scaled_radius():
+    drv = np.zeros((2, 1, 18, 3), np.float32)
+    drv[:, 0, :, 0] = np.linspace(10, 30, 18)  # a subject 20 px wide: radius 0.2 * 20 = 4 px
+    drv[:, 0, :, 1] = 20
+    drv[:, 0, :, 2] = 1.0
+    drv[1, 0, :9, 2] = 0.0  # frame 1: half the joints undetected in the driver (not counted)
+    exact = [drv[0, :1].copy(), drv[1, :1].copy()]
+    assert metrics.pose_pck(exact, drv) == 1.0
+    off = [p.copy() for p in exact]
+    off[0][0, :6, 0] += 5.0  # 6 of the 18 frame-0 joints beyond the radius
+    assert metrics.pose_pck(off, drv) == pytest.approx((12 + 9) / (18 + 9))
+    # A second, wrong person does not lower the score (best match); no person at all scores 0.
+    two = [np.concatenate([e, e + 50]) for e in exact]
+    assert metrics.pose_pck(two, drv) == 1.0
+    assert metrics.pose_pck([np.zeros((0, 18, 3))] * 2, drv) == 0.0
+    low = [e.copy() for e in exact]
+    low[0][0, :, 2] = low[1][0, :, 2] = 0.1  # estimated joints below confidence do not count
+    assert metrics.pose_pck(low, drv) == 0.0
+
+
+def test_histogram_similarity_is_one_for_the_same_colours_and_falls_with_others():
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32)
+    assert metrics.histogram_similarity(ref[None].repeat(3, 0), ref) == pytest.approx(1.0)
+    shuffled = rng.permutation(ref.reshape(-1, 3)).reshape(1, 16, 16, 3)  # same colours, other places
+    assert metrics.histogram_similarity(shuffled, ref) == pytest.approx(1.0)
+    assert metrics.histogram_similarity(np.full((1, 16, 16, 3), 0.9, np.float32), ref) < 0.3

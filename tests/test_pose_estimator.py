@@ -13,71 +13,13 @@ import os
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper  # noqa: E402
+from pose_standin import constant_graph, frame_with_marker, pose_model  # noqa: E402
 
 from dreamactor_jax.data import ingest as ingest_lib  # noqa: E402
 from dreamactor_jax.data import pose_estimator as pe  # noqa: E402
 from dreamactor_jax.data import records, video_io  # noqa: E402
-
-IN_H, IN_W = 64, 48  # the stand-in pose model's input (RTMPose's is 256 x 192: same aspect)
-
-
-def _save(graph, path):
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
-
-
-def _simcc_branch(src, axis, joints, out):
-    """Max over ``axis`` of (N,1,H,W) -> (N,1,L) -> every joint, each bin twice: (N, joints, 2L)."""
-    return [
-        helper.make_node("ReduceMax", [src], [f"{out}_m"], axes=[axis], keepdims=0),
-        helper.make_node("Unsqueeze", [f"{out}_m", "ax3"], [f"{out}_u"]),
-        helper.make_node("Tile", [f"{out}_u", "reps"], [f"{out}_t"]),
-        helper.make_node("Reshape", [f"{out}_t", "shape"], [out]),
-    ]
-
-
-def pose_model(path, joints=17):
-    nodes = [
-        helper.make_node("ReduceMean", ["input"], ["gray"], axes=[1], keepdims=1),
-        helper.make_node("Sigmoid", ["gray"], ["prob"]),
-        *_simcc_branch("prob", 2, joints, "simcc_x"),
-        *_simcc_branch("prob", 3, joints, "simcc_y"),
-    ]
-    inits = [helper.make_tensor("ax3", TensorProto.INT64, [1], [3]),
-             helper.make_tensor("reps", TensorProto.INT64, [4], [1, joints, 1, 2]),
-             helper.make_tensor("shape", TensorProto.INT64, [3], [0, joints, -1])]
-    graph = helper.make_graph(
-        nodes, "simcc_standin",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, IN_H, IN_W])],
-        [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, ["N", joints, 2 * IN_W]),
-         helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, ["N", joints, 2 * IN_H])],
-        inits)
-    return _save(graph, path)
-
-
-def _constant_graph(path, name, size, outputs):
-    """A detector that ignores its (1, 3, size, size) input and returns ``outputs`` (name -> array)."""
-    nodes, outs = [helper.make_node("Shape", ["input"], ["unused"])], []
-    for k, arr in outputs.items():
-        dtype = TensorProto.INT64 if arr.dtype == np.int64 else TensorProto.FLOAT
-        nodes.append(helper.make_node("Constant", [], [k], value=helper.make_tensor(
-            f"{k}_v", dtype, arr.shape, arr.ravel().tolist())))
-        outs.append(helper.make_tensor_value_info(k, dtype, list(arr.shape)))
-    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                          [1, 3, size, size])], outs)
-    return _save(graph, path)
-
-
-def frame_with_marker(h, w, x, y, base=None):
-    img = np.zeros((h, w, 3), np.uint8) if base is None else base.copy()
-    img[y - 1 : y + 2, x - 1 : x + 2] = 255
-    return img
 
 
 def test_crop_and_its_inverse_agree_to_a_fraction_of_a_pixel():
@@ -108,7 +50,7 @@ def test_end_to_end_detector_boxes_are_unletterboxed_and_filtered(tmp_path):
     person = np.array([120, 20, 180, 90]) * ratio
     dets = np.array([[[*person, 0.9], [0, 0, 20, 20, 0.95]]], np.float32)
     labels = np.array([[0, 3]], np.int64)
-    det = _constant_graph(str(tmp_path / "det.onnx"), "e2e", 64, {"dets": dets, "labels": labels})
+    det = constant_graph(str(tmp_path / "det.onnx"), "e2e", 64, {"dets": dets, "labels": labels})
     est = pe.PoseEstimator(pose_model(str(tmp_path / "pose.onnx")), det)
     boxes = est.detect(np.zeros((100, 200, 3), np.uint8))
     np.testing.assert_allclose(boxes, [[120, 20, 180, 90, 0.9]], atol=1e-3)
@@ -137,7 +79,7 @@ def _raw_yolox(boxes_scores, size=64, classes=2):
 def test_raw_yolox_head_is_decoded_and_suppressed(tmp_path):
     # Frame 64 x 64 (ratio 1). Two overlapping person boxes (NMS keeps the better), one far box below threshold.
     raw = _raw_yolox([(10, 10, 40, 60, 0.9), (18, 12, 46, 62, 0.8), (50, 50, 60, 60, 0.1)])  # IoU 0.57
-    det = _constant_graph(str(tmp_path / "yolox.onnx"), "raw", 64, {"output": raw})
+    det = constant_graph(str(tmp_path / "yolox.onnx"), "raw", 64, {"output": raw})
     est = pe.PoseEstimator(pose_model(str(tmp_path / "pose.onnx")), det)
     boxes = est.detect(np.zeros((64, 64, 3), np.uint8))
     np.testing.assert_allclose(boxes, [[10, 10, 40, 60, 0.9]], atol=1e-3)
@@ -167,7 +109,7 @@ def test_bad_model_files_are_named(tmp_path):
     bad.write_bytes(b"not an onnx file")
     with pytest.raises(ValueError, match="broken.onnx"):
         pe.PoseEstimator(str(bad))
-    det = _constant_graph(str(tmp_path / "det.onnx"), "e2e", 64, {"dets": np.zeros((1, 1, 5), np.float32),
+    det = constant_graph(str(tmp_path / "det.onnx"), "e2e", 64, {"dets": np.zeros((1, 1, 5), np.float32),
                                                                   "labels": np.zeros((1, 1), np.int64)})
     with pytest.raises(ValueError, match="det.onnx: outputs .*a SimCC pose model"):
         pe.PoseEstimator(det)  # a detector given as the pose model
@@ -196,7 +138,7 @@ def test_ingest_extracts_poses_from_videos_without_keypoint_files(tmp_path):
     assert recs[0]["motion"].max() > 0  # the skeleton is drawn
 
     # The same video, a detector that never fires: nobody, skipped with its reason; poses dir absent.
-    det = _constant_graph(str(tmp_path / "none.onnx"), "e2e", 64, {"dets": np.zeros((1, 1, 5), np.float32),
+    det = constant_graph(str(tmp_path / "none.onnx"), "e2e", 64, {"dets": np.zeros((1, 1, 5), np.float32),
                                                                    "labels": np.zeros((1, 1), np.int64)})
     est2 = pe.PoseEstimator(pose_model(str(tmp_path / "pose.onnx")), det)
     video_io.write_video(str(videos / "empty.mp4"), clip, fps=8)

@@ -24,9 +24,11 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 
 from dreamactor_jax.config_lib import stage_config
 from dreamactor_jax.curriculum import evaluation, synthesis
+from dreamactor_jax.data import records as records_lib
 from dreamactor_jax.data.components import Components, components
 from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.diffusion.sampler import SamplerConfig
@@ -113,6 +115,34 @@ def _animator(comp: Components, params, scfg) -> Animator:
                     masked_frames=comp.config.data.motion_masked_frames)
 
 
+def _estimator(section: ml_collections.ConfigDict, who: str):
+    """The pose estimator a records phase scores with (``<section>.pose_model`` / ``detector``): required."""
+    if not section.get("pose_model"):
+        raise ValueError(f"config.{who}.source='records' scores pose consistency with a pose estimator: set "
+                         f"config.{who}.pose_model (an RTMPose / DWPose ONNX file; see data/pose_estimator.py)")
+    from dreamactor_jax.data import pose_estimator
+
+    return pose_estimator.PoseEstimator(section.pose_model, section.get("detector") or None)
+
+
+def _pixel_animator(anim: Animator, codec, params):
+    """``(reference (B,H,W,3), motion (B,T,H,W,3), text, text_mask, rng) -> video`` for records evaluation."""
+
+    def run(ref, mot, text, tmask, rng):
+        r = np.asarray(codec.encode(ref[:, None].astype(np.float32)), np.float32)
+        m = np.asarray(codec.encode(mot.astype(np.float32)), np.float32)
+        lat = anim.latents(r, m, anim.valid_mask(m.shape[0], m.shape[1]), text, tmask, rng, params=params)
+        return np.clip(np.asarray(codec.decode(np.asarray(lat))), -1.0, 1.0)
+
+    return run
+
+
+def _records_source(path: str, field: str) -> records_lib.RecordSource:
+    if not path:
+        raise ValueError(f"config.{field} is empty: records phases need a directory of records")
+    return records_lib.RecordSource(os.path.expanduser(path))
+
+
 def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> dict:
     t0 = time.perf_counter()
     pdir = os.path.join(workdir, phase)
@@ -121,14 +151,27 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
         if phase == "stage2":
             sc.data.records_dir = os.path.join(workdir, "synthesis", "records")
             sc.train.init_from = os.path.join(workdir, "stage1", "checkpoints")
+            if sc.data.pose_mix > 0 and not sc.data.get("pose_mix_records") and config.stage1.data.source == "records":
+                sc.data.pose_mix_records = config.stage1.data.records_dir  # pose batches: the run's stage-1 records
         out = train_loop.run(sc, pdir)
         summary = {"steps": out["steps"], "final_loss": out["final_loss"], "checkpoints": out["checkpoints"]}
     elif phase == "synthesis":
         comp = components(stage_config(config, "stage1"))
         params = _params(workdir, "stage1", config.synthesis.weights)
         anim = _animator(comp, params, _sampler(config.synthesis.sampler, config.objective))
-        summary = synthesis.run_synthesis(anim, comp.codec, comp.text, comp.procedural("train"), config.synthesis,
-                                          pdir, config.seed)
+        s = config.synthesis
+        if s.get("source", "procedural") == "records":
+            from dreamactor_jax.curriculum import synthesis_records
+
+            source = _records_source(s.get("driving_records") or config.stage1.data.records_dir,
+                                     "synthesis.driving_records (or config.stage1.data.records_dir)")
+            pool = synthesis_records.load_pool(s.get("reference_pool", ""), comp.height, comp.width)
+            summary = synthesis_records.run_synthesis_records(
+                anim, comp.codec, comp.text, _estimator(s, "synthesis"), source, pool, s, pdir, config.seed,
+                text_from_records=config.stage1.data.get("text_source", "toy") == "records")
+        else:
+            summary = synthesis.run_synthesis(anim, comp.codec, comp.text, comp.procedural("train"), s, pdir,
+                                              config.seed)
         if summary["accepted"] == 0:
             raise RuntimeError(f"synthesis accepted none of {summary['clips']} clips (threshold "
                                f"{config.synthesis.threshold}); see {pdir}/acceptance-*.jsonl")
@@ -154,6 +197,25 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
             animators["stage1"] = (functools.partial(anim, params=_params(workdir, "stage1", e.weights)), "pose")
         if _done(workdir, "stage2"):
             animators["stage2"] = (functools.partial(anim, params=_params(workdir, "stage2", e.weights)), "rgb")
+        if e.get("source", "procedural") == "records":
+            from dreamactor_jax.curriculum import evaluation_records
+
+            clips = evaluation_records.load_clips(_records_source(e.get("records_dir", ""), "eval.records_dir"),
+                                                  comp.codec, e.num_pairs)
+            est = _estimator(e if e.get("pose_model") else config.synthesis, "eval")
+            text = None if config.stage1.data.get("text_source", "toy") == "records" else comp.text
+            models = {n: (_pixel_animator(anim, comp.codec, a.keywords["params"]), kind)
+                      for n, (a, kind) in animators.items()}
+            if config.stage1.train.get("init_from"):  # the imported base model the run starts from, not a random init
+                models.pop("untrained")
+                base = checkpoint.restore_item(config.stage1.train.init_from, "params")
+                models = {"base": (_pixel_animator(anim, comp.codec, base), "pose"), **models}
+            table = evaluation_records.evaluate_records(models, clips, est, e.batch_size, pdir, config.seed,
+                                                        text_encoder=text)
+            summary = evaluation_records.summary(table)
+            summary["seconds"] = round(time.perf_counter() - t0, 1)
+            _mark_done(workdir, phase, summary)
+            return summary
         pcfg = comp.procedural("test")
         # Clean and estimated-pose settings plus the copy-reference / background baselines; DONE.json keeps a
         # short summary, the full table is eval/table.json.
@@ -171,6 +233,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, only: str | None = None
     """Runs every phase not yet done (or just ``only``); returns {phase: summary}."""
     if only is not None and only not in PHASES:
         raise ValueError(f"--only={only!r}; choose one of {PHASES}")
+    from dreamactor_jax.curriculum.presets import check_real_data
+
+    check_real_data(config)
     check_workdir_config(config, workdir, force)
     if jax.process_index() == 0:
         print(f"watch: tensorboard --logdir={workdir}  (each training phase logs to <phase>/tensorboard)", flush=True)

@@ -2,8 +2,9 @@
 
 ``curriculum_config(scale, variant, cluster, resolution)``:
   scale       "tiny" (CPU, procedural data, minutes: the README's main job) | "small" (the same data and
-              recipe, a 4x larger model trained 5x longer: under an hour on 2 CPU cores) | "wan14b"
-              (Wan2.1-I2V-14B init, 81 frames)
+              recipe, a 4x larger model trained 5x longer: under an hour on 2 CPU cores) | "tiny_real" (the tiny
+              model on real data: every phase reads records, text from records; fill in the paths) | "wan14b"
+              (Wan2.1-I2V-14B init, 81 frames, real data)
   variant     "full" fine-tune | "lora" (paper: rank 256 on FFN layers, backbone frozen)
   cluster     "v5p" (fsdp over the slice, sequence parallel for 720p) | "h100" (fsdp within a node)
   resolution  "480p" (latent 21 x 60 x 104 per half) | "720p" (21 x 90 x 160 per half)
@@ -16,8 +17,9 @@ import ml_collections
 from dreamactor_jax import config_lib
 from dreamactor_jax.data import sources
 
-SCALES = ("tiny", "small", "wan14b")
-LOCAL_SCALES = ("tiny", "small")  # procedural data, toy text encoder, one host
+SCALES = ("tiny", "small", "tiny_real", "wan14b")
+LOCAL_SCALES = ("tiny", "small", "tiny_real")  # CPU-sized models, one host
+REAL_SCALES = ("tiny_real", "wan14b")  # every phase reads records; text from records (check_real_data)
 VARIANTS = ("full", "lora")
 CLUSTERS = ("v5p", "h100")
 RESOLUTIONS = {"480p": (60, 104), "720p": (90, 160)}
@@ -54,13 +56,14 @@ def parse_arg(arg: str | None, who: str) -> dict:
     return out
 
 
-def _train(tiny: bool, steps: int) -> ml_collections.ConfigDict:
-    # Previews: tiny runs sample held-out procedural clips once per stage, at its end (seconds on CPU); real runs
-    # preview their own (precomputed umT5-captioned) training clips, which the toy text encoder cannot stand in for.
+def _train(tiny: bool, steps: int, real: bool) -> ml_collections.ConfigDict:
+    # Previews: tiny runs sample clips once per stage, at its end (seconds on CPU); procedural runs preview held-out
+    # procedural clips, real runs their own (precomputed umT5-captioned) training clips, which neither the
+    # generator nor the toy text encoder can stand in for.
     return config_lib.train_section(steps=steps, log_every=25 if tiny else 100,
                                     checkpoint_every=100 if tiny else 1000, keep_period=0 if tiny else 10_000,
                                     preview_every=steps if tiny else 2000,
-                                    preview_source="validation" if tiny else "train",
+                                    preview_source="train" if real else "validation",
                                     preview_method="renoise" if tiny else "unipc")
 
 
@@ -77,9 +80,11 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
                       resolution: str = "480p") -> ml_collections.ConfigDict:
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}; choose one of {SCALES}")
-    tiny = scale in LOCAL_SCALES  # below, "tiny" means either local scale: procedural data, CPU-sized
+    tiny = scale in LOCAL_SCALES  # below, "tiny" means a local scale: CPU-sized
+    real = scale in REAL_SCALES
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.real_data = real  # True: a phase that would read procedural data or the toy text encoder is an error
     model = {"remat": "none" if tiny else "full", "attention": "auto"}
     if tiny:
         model.update(SMALL_MODEL if scale == "small" else TINY_MODEL)
@@ -101,19 +106,21 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
                   if cluster == "v5p" else config_lib.mesh_section(data=-1, fsdp=8))
     data = dict(frames=5 if tiny else 21, height=h, width=w, text_len=8 if tiny else 512,
                 motion_masked_frames=1 if tiny else 4, batch_size=4 if tiny else 8,
-                source="procedural" if tiny else "records", channels=TINY_CHANNELS if tiny else 16)
+                source="records" if real else "procedural", channels=TINY_CHANNELS if tiny else 16,
+                text_source="records" if real else "toy")
     lr = 5e-5 if not tiny else 3e-3
-    steps1, clips, steps2, pairs = LOCAL_BUDGET.get(scale, (50_000, 60_000, 50_000, 200))
+    steps1, clips, steps2, pairs = LOCAL_BUDGET.get("tiny" if scale == "tiny_real" else scale,
+                                                    (50_000, 60_000, 50_000, 200))
     c.stage1 = ml_collections.ConfigDict()
     c.stage1.data = sources.data_section(stage=1, **data)
     if tiny:
         c.stage1.data.procedural.update(TINY_MOTION)
-    c.stage1.data.records_dir = "" if tiny else "gs://BUCKET/latents/stage1"  # precomputed latent records
+    c.stage1.data.records_dir = "gs://BUCKET/latents/stage1" if real else ""  # precomputed latent records
     if not tiny:  # the Wan2.1 VAE (8x space, 4x time, 16 channels); weights "" reads $DREAMACTOR_WAN_VAE, else errors
         c.stage1.data.codec.update(name="wan_vae", spatial_factor=8)
     c.stage1.optim = config_lib.optim_section(lr=lr, warmup_steps=20 if tiny else 500,
                                               schedule="cosine" if tiny else "constant", final_lr_fraction=0.1)
-    c.stage1.train = _train(tiny, steps1)
+    c.stage1.train = _train(tiny, steps1, real)
 
     c.synthesis = ml_collections.ConfigDict()
     c.synthesis.num_clips = clips  # driving clips to animate with new identities
@@ -123,6 +130,13 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
     c.synthesis.index_offset = 5_000_000  # driving clips are train-split clips beyond stage 1's first epoch
     c.synthesis.weights = "params"  # "params" | "ema"
     c.synthesis.sampler = _sampler(tiny)
+    # Real data (synthesis_records.py): driving clips from records ("" = config.stage1.data.records_dir), new
+    # identities from a folder of images, acceptance scored with a pose estimator (ONNX; detector optional).
+    c.synthesis.source = "records" if real else "procedural"
+    c.synthesis.driving_records = ""
+    c.synthesis.reference_pool = "gs://BUCKET/reference_pool" if real else ""
+    c.synthesis.pose_model = ""
+    c.synthesis.detector = ""
 
     c.stage2 = ml_collections.ConfigDict()
     c.stage2.data = sources.data_section(stage=2, **dict(data, source="records"))
@@ -132,7 +146,7 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
     c.stage2.data.pose_mix = 0.25  # fraction of stage-2 batches that are stage-1 pose batches
     c.stage2.optim = config_lib.optim_section(lr=lr / 2 if tiny else lr, warmup_steps=10 if tiny else 500,
                                               schedule="cosine" if tiny else "constant", final_lr_fraction=0.1)
-    c.stage2.train = _train(tiny, steps2)
+    c.stage2.train = _train(tiny, steps2, real)
 
     c.export = ml_collections.ConfigDict(dict(dtype="fp32" if tiny else "bf16", max_shard_size="5GB",
                                               weights="params"))
@@ -142,4 +156,30 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
     c.eval.grid_pairs = 4
     c.eval.weights = "params"
     c.eval.sampler = _sampler(tiny)
+    # Real data (evaluation_records.py): held-out clips; the pose estimator defaults to synthesis's.
+    c.eval.source = "records" if real else "procedural"
+    c.eval.records_dir = "gs://BUCKET/latents/test" if real else ""
+    c.eval.pose_model = ""
+    c.eval.detector = ""
     return c
+
+
+def check_real_data(c: ml_collections.ConfigDict) -> None:
+    """A ``real_data`` curriculum must read records in every phase and text from records: errors name the field."""
+    if not c.get("real_data", False):
+        return
+    need = {"stage1.data.source": "records", "stage2.data.source": "records", "synthesis.source": "records",
+            "eval.source": "records", "stage1.data.text_source": "records", "stage2.data.text_source": "records"}
+    for field, want in need.items():
+        node = c
+        for part in field.split("."):
+            node = node.get(part) if node is not None else None
+        if node != want:
+            raise ValueError(f"config.{field}={node!r} in a real_data curriculum: it must be {want!r} (a real-data "
+                             "run never falls back to procedural data or the toy text encoder)")
+    for field in ("stage1.data.records_dir", "synthesis.reference_pool", "eval.records_dir"):
+        node = c
+        for part in field.split("."):
+            node = node.get(part)
+        if not node:
+            raise ValueError(f"config.{field} is empty in a real_data curriculum")

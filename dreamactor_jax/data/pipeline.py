@@ -252,6 +252,10 @@ def config_dataset(config, text_dim: int, *, codec, text: TextEncoder | None = N
     if tuple(got) != tuple(want):
         raise ValueError(f"records in {d.records_dir} ({source.kind}) give latents (T, H, W, C)={got}, but "
                          f"config.data wants {want} (frames, height, width, channels)")
+    if d.get("text_source", "toy") == "records" and "text" not in source.spec:
+        raise ValueError(f"config.data.text_source='records', but the records in {d.records_dir} have no 'text' "
+                         f"field (fields: {sorted(source.spec)}); precompute umT5 text with launch/precompute.py "
+                         "--umt5_dir, or set config.data.text_source='toy' for a toy run")
     if "text" in source.spec and source.spec["text"][1] != (d.text_len, text_dim):
         raise ValueError(f"records in {d.records_dir} store text of shape {source.spec['text'][1]}, the model "
                          f"needs ({d.text_len}, {text_dim}); re-run precompute with --text_len/--text_dim")
@@ -265,7 +269,10 @@ def config_dataset(config, text_dim: int, *, codec, text: TextEncoder | None = N
                              f"{'with' if 'keypoints' in source.spec else 'without'} keypoints; it needs pixel "
                              "records from launch/ingest.py (or set it to 0)")
         augment = AugmentPose(prob)
-    text = text or TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed)  # the records' captions
+    if d.get("text_source", "toy") == "toy":  # the records' captions, when they store no text
+        text = text or TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed)
+    else:
+        text = None
     transform = ToTraining(codec, text, d.motion_masked_frames)
     return records_dataset(source, batch_size=d.batch_size, seed=config.seed, shuffle=train, transform=transform,
                            num_epochs=None if train else 1, augment=augment)

@@ -14,7 +14,8 @@ Sources (``config.data.source``):
               records are encoded by the codec, latent records pass through
 
 ``config.data.pose_mix`` > 0 (stage 2) replaces that fraction of batches, chosen
-per step by a seeded draw, with stage-1 pose batches from the procedural source.
+per step by a seeded draw, with stage-1 pose batches: from ``config.data.pose_mix_records`` (the run's stage-1
+records) when set, else from the procedural source.
 """
 
 from __future__ import annotations
@@ -100,11 +101,17 @@ def make_source(config: ml_collections.ConfigDict, text_dim: int) -> Callable[[i
     if d.source == "records":
         # Checks the records against the config (latent T/H/W/C, stored text shape).
         comp = components(config)
-        main = pipeline.make_records_source(config, text_dim, codec=comp.codec, text=comp.text_for(text_dim))
+        toy = comp.text_for(text_dim) if d.get("text_source", "toy") == "toy" else None
+        main = pipeline.make_records_source(config, text_dim, codec=comp.codec, text=toy)
         if d.pose_mix <= 0:
             return main
-        pose = procedural_dataset(config, text_dim, split="train", stage=1)
-        return lambda step: pose[step] if _mix_draw(config.seed, step) < d.pose_mix else main(step)
+        if d.get("pose_mix_records"):  # the run's stage-1 records (pose-driven), checked like the main records
+            pose_cfg = ml_collections.ConfigDict(config.to_dict())
+            pose_cfg.data.update(records_dir=d.pose_mix_records, pose_mix=0.0, stage=1)
+            pose = pipeline.make_records_source(pose_cfg, text_dim, codec=comp.codec, text=toy)
+        else:
+            pose = procedural_dataset(config, text_dim, split="train", stage=1).__getitem__
+        return lambda step: pose(step) if _mix_draw(config.seed, step) < d.pose_mix else main(step)
     raise ValueError(f"config.data.source={d.source!r} is unknown; available: {SOURCES}")
 
 
@@ -162,6 +169,13 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
     # of draws, bone lengths x U(0.8, 1.2) and the motion re-rendered (paper: 0.3); 0: off
     c.records_pose_augment_prob = 0.0
     c.pose_mix = 0.0  # fraction of batches drawn from stage-1 pose data instead (stage 2 mixing)
+    # Where the pose_mix batches come from: a directory of stage-1 records (the run's own: real runs), or ""
+    # for the procedural generator's stage-1 examples (tiny runs)
+    c.pose_mix_records = ""
+    # Captions -> text for records: 'toy' (the seeded hash encoder, data/text.py: tiny runs) encodes a record's
+    # caption when it stores no text; 'records' (real runs) requires the precomputed umT5 'text' of every record
+    # (launch/precompute.py --umt5_dir) and refuses records without it
+    c.text_source = "toy"
     c.prefetch = 2  # host batches built ahead in a background thread while the device steps (0: off)
     # name: 'space_to_depth' (exact, tiny runs) | 'wan_vae' (spatial_factor 8; weights: a diffusers
     # AutoencoderKLWan dir or Wan2.1_VAE.pth; tiling: spatial tiles for large frames)

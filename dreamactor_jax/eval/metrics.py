@@ -89,3 +89,39 @@ def appearance_consistency(pred_thw3: np.ndarray, reference_hw3: np.ndarray, thr
     ref_fg = reference_hw3[foreground(reference_hw3[None], bg, threshold)[0]]
     gen_fg = pred_thw3[foreground(pred_thw3, bg, threshold)]
     return float(1.0 - 0.5 * np.abs(_hist(ref_fg) - _hist(gen_fg)).sum())
+
+
+def histogram_similarity(pred_thw3: np.ndarray, reference_hw3: np.ndarray) -> float:
+    """Colour-histogram intersection of whole frames with the whole reference, in [0, 1] (no background model:
+    for real footage, where the background is neither flat nor known)."""
+    ref = _hist(np.asarray(reference_hw3).reshape(-1, 3))
+    gen = _hist(np.asarray(pred_thw3).reshape(-1, 3))
+    return float(1.0 - 0.5 * np.abs(ref - gen).sum())
+
+
+def pose_pck(estimated: list[np.ndarray], driving_tsj3: np.ndarray, min_confidence: float = 0.3,
+             alpha: float = 0.2) -> float:
+    """Pose consistency of a video with its driving keypoints, in [0, 1]: PCK@``alpha``.
+
+    ``estimated[t]``: (P, J, 3) keypoints a pose estimator found in frame t; ``driving_tsj3``: (T, S, J, 3) the
+    driving pose (same joint order and pixel frame). A driving joint at or above ``min_confidence`` counts as
+    correct when the best-matching estimated person has that joint, confident, within ``alpha`` times the
+    larger side of the driving subject's box (at least 2 pixels). Frames without driving joints are skipped;
+    none at all scores 0.
+    """
+    hits = total = 0
+    for t, drv in enumerate(np.asarray(driving_tsj3, np.float32)):
+        est = np.asarray(estimated[t], np.float32) if t < len(estimated) else np.zeros((0,) + drv.shape[1:])
+        for subject in drv:
+            vis = subject[:, 2] >= min_confidence
+            if not vis.any():
+                continue
+            pts = subject[vis, :2]
+            tol = max(alpha * float(np.max(pts.max(0) - pts.min(0))), 2.0)
+            best = 0
+            for person in est:
+                ok = (person[vis, 2] >= min_confidence) & (np.linalg.norm(person[vis, :2] - pts, axis=1) <= tol)
+                best = max(best, int(ok.sum()))
+            hits += best
+            total += int(vis.sum())
+    return hits / total if total else 0.0
