@@ -200,6 +200,8 @@ def animate_files(
     pose_frame_size: tuple[int, int] | None = None,
     dtype: str | None = None,
     demo_index: int = 0,
+    umt5_dir: str | None = None,
+    clip_dir: str | None = None,
 ) -> dict:
     """Animates the character in ``reference`` with the motion in ``driving``; writes each of ``outputs``.
 
@@ -222,6 +224,11 @@ def animate_files(
       pose_frame_size: (H, W) of the pixel frame OpenPose ``.npy`` keypoints refer to.
       dtype: compute dtype override (see :func:`load_weights`).
       demo_index: which procedural test pair stands in for missing ``reference``/``driving``.
+      umt5_dir: a local umT5 encoder + tokenizer directory (``data/umt5.py``) that encodes ``caption``; required
+        for a model trained on records' umT5 text (``data.text_source='records'``), which the run's tiny text
+        encoder cannot stand in for.
+      clip_dir: a local CLIP vision checkpoint (``data/clip_image.py``) for an I2V model's image tokens of
+        ``reference`` (default: the run config's ``data.clip_dir``).
 
     Returns:
       A summary: outputs, frames, height, width, weights source, seconds.
@@ -246,6 +253,18 @@ def animate_files(
     want = frames if frames is not None else comp.frames
     if (reference is None) != (driving is None):
         raise ValueError("give both a reference and a driving file, or neither (a procedural test pair)")
+    real_text = d.get("text_source", "toy") == "records"
+    if umt5_dir:
+        from dreamactor_jax.data.umt5 import UMT5TextEncoder
+
+        text = UMT5TextEncoder(umt5_dir, length=d.text_len)
+    elif real_text:
+        raise ValueError("the run config's data.text_source is 'records' (umT5 text): pass umt5_dir "
+                         "(launch/sample.py --umt5_dir) to encode the caption; the toy text encoder cannot stand in")
+    else:
+        text = comp.text
+    if reference is None and real_text:
+        raise ValueError("a real-data run has no procedural demo pair: give a reference image and a driving file")
     if reference is None:
         ref, motion, demo_caption = demo_pair(config, demo_index)
         caption = caption or demo_caption
@@ -261,8 +280,20 @@ def animate_files(
     if w.mcfg.text_dim != comp.model.text_dim:
         raise ValueError(f"{weights_path}: text_dim {w.mcfg.text_dim}, but the run config's model has "
                          f"{comp.model.text_dim}: pass the config the model was trained with")
-    anim = Animator(w.mcfg, w.params, codec, scfg, comp.text, masked_frames=d.motion_masked_frames)
-    video = anim(ref[None], motion[None], [caption], jax.random.key(seed))[0]
+    if text.dim != w.mcfg.text_dim:
+        raise ValueError(f"text encoder width {text.dim} (umt5_dir={umt5_dir}) != the model's text_dim "
+                         f"{w.mcfg.text_dim}")
+    image = None
+    if w.mcfg.image_dim:
+        clip_dir = clip_dir or d.get("clip_dir", "")
+        if not clip_dir:
+            raise ValueError(f"{weights_path} is an I2V model (image_dim={w.mcfg.image_dim}): pass clip_dir "
+                             "(launch/sample.py --clip_dir) for the reference's CLIP image tokens")
+        from dreamactor_jax.data.clip_image import CLIPImageEncoder
+
+        image = CLIPImageEncoder(clip_dir).encode_batch(ref[None])
+    anim = Animator(w.mcfg, w.params, codec, scfg, text, masked_frames=d.motion_masked_frames)
+    video = anim(ref[None], motion[None], [caption], jax.random.key(seed), image_bme=image)[0]
     cells = [video] if layout == "video" else [ref, motion, video]
     out_frames = grid_frames([cells], zoom=zoom, pad=0 if layout == "video" else 1)
     fps = fps or comp.fps

@@ -31,6 +31,8 @@ flags.DEFINE_integer("text_dim", 0, "Text embedding width to store (0: store no 
 flags.DEFINE_integer("seed", 0, "Text encoder seed (must match the training config's seed).")
 flags.DEFINE_string("umt5_dir", None, "A local umT5 encoder + tokenizer directory (Wan2.1's text encoder): store its "
                     "caption embeddings (--text_len tokens) instead of the tiny hashing encoder's.")
+flags.DEFINE_string("clip_dir", None, "A local CLIP vision checkpoint (Wan2.1-I2V's image encoder): store the "
+                    "reference frame's image tokens (penultimate layer) for the I2V image branch.")
 flags.DEFINE_integer("process_index", -1, "This process (-1: jax.process_index()).")
 flags.DEFINE_integer("process_count", -1, "Processes (-1: jax.process_count()).")
 distributed.define_flags()
@@ -57,8 +59,13 @@ def main(argv):
         text = UMT5TextEncoder(FLAGS.umt5_dir, length=FLAGS.text_len)
     else:
         text = TextEncoder(length=FLAGS.text_len, dim=FLAGS.text_dim, seed=FLAGS.seed) if FLAGS.text_dim > 0 else None
-    r = precompute(FLAGS.src, FLAGS.out, codec, text_encoder=text, process_index=index, process_count=count,
-                   batch_size=FLAGS.batch_size)
+    image = None
+    if FLAGS.clip_dir:
+        from dreamactor_jax.data.clip_image import CLIPImageEncoder
+
+        image = CLIPImageEncoder(FLAGS.clip_dir)
+    r = precompute(FLAGS.src, FLAGS.out, codec, text_encoder=text, image_encoder=image, process_index=index,
+                   process_count=count, batch_size=FLAGS.batch_size)
     print(f"process {index}/{count}: wrote {len(r.written)} shards ({r.records} records), {len(r.existing)} already "
           f"complete, {len(r.unreadable)} unreadable inputs, {r.corrupt} corrupt records skipped")
 

@@ -46,6 +46,10 @@ flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (defaul
 flags.DEFINE_enum("layout", "video", ["video", "side_by_side"], "The animation alone, or reference | driving | it.")
 flags.DEFINE_integer("zoom", 1, "Nearest-neighbour upscaling of the written frames.")
 flags.DEFINE_float("fps", None, "Output frame rate (default: 8, the procedural data's).")
+flags.DEFINE_string("umt5_dir", None, "A local umT5 encoder + tokenizer directory that encodes --caption (required for "
+                    "models trained on records' umT5 text).")
+flags.DEFINE_string("clip_dir", None, "A local CLIP vision checkpoint for an I2V model's reference image tokens "
+                    "(default: the run config's data.clip_dir).")
 flags.DEFINE_string("pose_frame_size", None, "OpenPose .npy: 'H,W' of the frame the keypoints refer to.")
 flags.mark_flags_as_required(["weights", "out"])
 FLAGS = flags.FLAGS
@@ -81,6 +85,8 @@ def main(argv):
         pose_frame_size=size,
         dtype=FLAGS.dtype,
         demo_index=FLAGS.demo_index,
+        umt5_dir=FLAGS.umt5_dir,
+        clip_dir=FLAGS.clip_dir,
     )
     print(json.dumps(result))
 

@@ -131,6 +131,19 @@ def test_real_data_curriculum_end_to_end(tmp_path, monkeypatch):
     assert table["settings"]["cross_identity"]["copy_reference"]["pose_consistency"] < 0.9
     assert os.path.exists(tmp_path / "run" / "eval" / "table.md")
 
+    # Sampling the stage-2 model from files (launch/sample.py's path) encodes the caption with umT5, never the
+    # toy encoder; without an umT5 directory it is refused.
+    from dreamactor_jax import animate
+
+    video = str(tmp_path / "test_videos" / "a_person_dances_in_blue_room_0.mp4")
+    args = (str(tmp_path / "run" / "stage2"), str(pool / "cartoon_robot_1.png"), video,
+            [str(tmp_path / "out.gif")])
+    with pytest.raises(ValueError, match="umt5_dir"):
+        animate.animate_files(*args, run_config=c.to_dict(), stage="stage2", caption="a cartoon robot dances")
+    res = animate.animate_files(*args, run_config=c.to_dict(), stage="stage2", caption="a cartoon robot dances",
+                                umt5_dir=umt5_dir, sampler=dict(method="euler", steps=2))
+    assert res["frames"] == FRAMES and os.path.getsize(tmp_path / "out.gif") > 0
+
 
 def test_real_data_config_refuses_procedural_fallbacks():
     c = curriculum_config("tiny_real")

@@ -125,13 +125,28 @@ def _estimator(section: ml_collections.ConfigDict, who: str):
     return pose_estimator.PoseEstimator(section.pose_model, section.get("detector") or None)
 
 
-def _pixel_animator(anim: Animator, codec, params):
+def _image_encoder(comp: Components):
+    """The CLIP image encoder an I2V model's records phases need (``config.data.clip_dir``), else None."""
+    if not comp.model.image_dim:
+        return None
+    d = comp.config.data
+    if not d.get("clip_dir"):
+        raise ValueError(f"the model is an I2V model (image_dim={comp.model.image_dim}): synthesis and eval encode new "
+                         "reference images with CLIP; set config.stage1.data.clip_dir (a local CLIP vision checkpoint)")
+    from dreamactor_jax.data.clip_image import CLIPImageEncoder
+
+    return CLIPImageEncoder(d.clip_dir)
+
+
+def _pixel_animator(anim: Animator, codec, params, image_encoder=None):
     """``(reference (B,H,W,3), motion (B,T,H,W,3), text, text_mask, rng) -> video`` for records evaluation."""
 
     def run(ref, mot, text, tmask, rng):
         r = np.asarray(codec.encode(ref[:, None].astype(np.float32)), np.float32)
         m = np.asarray(codec.encode(mot.astype(np.float32)), np.float32)
-        lat = anim.latents(r, m, anim.valid_mask(m.shape[0], m.shape[1]), text, tmask, rng, params=params)
+        image = None if image_encoder is None else image_encoder.encode_batch(ref)
+        lat = anim.latents(r, m, anim.valid_mask(m.shape[0], m.shape[1]), text, tmask, rng, params=params,
+                           image_bme=image)
         return np.clip(np.asarray(codec.decode(np.asarray(lat))), -1.0, 1.0)
 
     return run
@@ -168,7 +183,8 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
             pool = synthesis_records.load_pool(s.get("reference_pool", ""), comp.height, comp.width)
             summary = synthesis_records.run_synthesis_records(
                 anim, comp.codec, comp.text, _estimator(s, "synthesis"), source, pool, s, pdir, config.seed,
-                text_from_records=config.stage1.data.get("text_source", "toy") == "records")
+                text_from_records=config.stage1.data.get("text_source", "toy") == "records",
+                image_encoder=_image_encoder(comp))
         else:
             summary = synthesis.run_synthesis(anim, comp.codec, comp.text, comp.procedural("train"), s, pdir,
                                               config.seed)
@@ -204,12 +220,13 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
                                                   comp.codec, e.num_pairs)
             est = _estimator(e if e.get("pose_model") else config.synthesis, "eval")
             text = None if config.stage1.data.get("text_source", "toy") == "records" else comp.text
-            models = {n: (_pixel_animator(anim, comp.codec, a.keywords["params"]), kind)
+            clip = _image_encoder(comp)
+            models = {n: (_pixel_animator(anim, comp.codec, a.keywords["params"], clip), kind)
                       for n, (a, kind) in animators.items()}
             if config.stage1.train.get("init_from"):  # the imported base model the run starts from, not a random init
                 models.pop("untrained")
                 base = checkpoint.restore_item(config.stage1.train.init_from, "params")
-                models = {"base": (_pixel_animator(anim, comp.codec, base), "pose"), **models}
+                models = {"base": (_pixel_animator(anim, comp.codec, base, clip), "pose"), **models}
             table = evaluation_records.evaluate_records(models, clips, est, e.batch_size, pdir, config.seed,
                                                         text_encoder=text)
             summary = evaluation_records.summary(table)

@@ -75,7 +75,7 @@ def _as_str(v) -> str:
 
 def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, source: records.RecordSource,
                           pool: list[dict], scfg: ml_collections.ConfigDict, out_dir: str, seed: int, *,
-                          text_from_records: bool) -> dict:
+                          text_from_records: bool, image_encoder=None) -> dict:
     """Writes accepted triplets as latent records under ``out_dir/records``; returns a summary.
 
     Args:
@@ -87,6 +87,8 @@ def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, so
       pool: :func:`load_pool`'s new identities.
       scfg: ``config.synthesis`` (num_clips, batch_size, shard_size, threshold).
       text_from_records: use the records' stored ``text`` (required then) instead of ``text_encoder``.
+      image_encoder: CLIP tokens of the new identities for an I2V model (``data/clip_image.py``); the stage-2
+        record keeps the driving record's own ``image_tokens`` (of its real first frame, the stage-2 reference).
     """
     if "keypoints" not in source.spec:
         raise ValueError(f"synthesis on records scores pose consistency against the driving keypoints, but the "
@@ -130,8 +132,9 @@ def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, so
                 tmask = np.stack([np.asarray(r["text_mask"], np.float32) for r in recs])
             else:
                 text, tmask = text_encoder.encode_batch(prompts)
+            image = None if image_encoder is None else image_encoder.encode_batch(np.stack([n["image"] for n in news]))
             out = animator.latents(new_ref, lat["motion"], valid, text, tmask,
-                                   jax.random.fold_in(jax.random.key(seed), start))
+                                   jax.random.fold_in(jax.random.key(seed), start), image_bme=image)
             out = np.asarray(out, np.float32)
             video = np.clip(np.asarray(codec.decode(out)), -1.0, 1.0)
             for j, (i, r, n, v) in enumerate(zip(idx, recs, news, video)):
@@ -151,6 +154,8 @@ def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, so
                     ex = dict(target=lat["target"][j], reference=lat["reference"][j], motion=out[j],
                               motion_valid=np.ones(out.shape[1], np.float32), caption=caps[j],
                               identity_id=int(r.get("identity_id", 0)), motion_id=int(r.get("motion_id", i)))
+                    if "image_tokens" in r:
+                        ex["image_tokens"] = np.asarray(r["image_tokens"], np.float32)
                     if "text" in r:
                         ex.update(text=np.asarray(r["text"], np.float32), text_mask=np.asarray(r["text_mask"],
                                                                                                 np.float32))

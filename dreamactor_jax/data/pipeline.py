@@ -198,8 +198,9 @@ class ToTraining(grain.transforms.Map):
     frame the record marks invalid.
     """
 
-    def __init__(self, codec=None, text_encoder: TextEncoder | None = None, masked_frames: int = 0):
-        self.codec, self.text, self.masked = codec, text_encoder, int(masked_frames)
+    def __init__(self, codec=None, text_encoder: TextEncoder | None = None, masked_frames: int = 0,
+                 image: bool = False):
+        self.codec, self.text, self.masked, self.image = codec, text_encoder, int(masked_frames), bool(image)
 
     def map(self, r: dict) -> dict:
         kind = r.get("kind") or ("pixels" if np.asarray(r["target"]).dtype == np.uint8 else "latents")
@@ -222,6 +223,8 @@ class ToTraining(grain.transforms.Map):
                 raise ValueError("record has no 'text'; ToTraining needs a text_encoder and the record a 'caption'")
             cap = r["caption"]
             out["text"], out["text_mask"] = self.text(cap.decode() if isinstance(cap, bytes) else str(cap))
+        if self.image:  # an I2V model: the reference's CLIP tokens (config_dataset checked the field exists)
+            out["image"] = np.asarray(r["image_tokens"], np.float32)
         return out
 
 
@@ -236,7 +239,7 @@ def expected_latent_shape(source: rec.RecordSource, codec=None) -> tuple[int, in
 
 
 def config_dataset(config, text_dim: int, *, codec, text: TextEncoder | None = None,
-                   split: str | None = None) -> grain.MapDataset:
+                   split: str | None = None, image_dim: int | None = None) -> grain.MapDataset:
     """The ``records`` training source: ``config.data.records_dir`` -> batches of ``data/schema.py``.
 
     Checks that the records' latents and stored text fit the model config (clear error otherwise).
@@ -256,6 +259,15 @@ def config_dataset(config, text_dim: int, *, codec, text: TextEncoder | None = N
         raise ValueError(f"config.data.text_source='records', but the records in {d.records_dir} have no 'text' "
                          f"field (fields: {sorted(source.spec)}); precompute umT5 text with launch/precompute.py "
                          "--umt5_dir, or set config.data.text_source='toy' for a toy run")
+    if image_dim:
+        want_img = (int(d.get("image_tokens", 257)), int(image_dim))
+        if "image_tokens" not in source.spec:
+            raise ValueError(f"the model is an I2V model (image_dim={image_dim}), but the records in {d.records_dir} "
+                             f"have no 'image_tokens' field; precompute them with launch/precompute.py --clip_dir")
+        if tuple(source.spec["image_tokens"][1]) != want_img:
+            raise ValueError(f"records in {d.records_dir} store image_tokens of shape "
+                             f"{source.spec['image_tokens'][1]}; the run needs {want_img} "
+                             "(config.data.image_tokens, config.model image_dim)")
     if "text" in source.spec and source.spec["text"][1] != (d.text_len, text_dim):
         raise ValueError(f"records in {d.records_dir} store text of shape {source.spec['text'][1]}, the model "
                          f"needs ({d.text_len}, {text_dim}); re-run precompute with --text_len/--text_dim")
@@ -273,12 +285,13 @@ def config_dataset(config, text_dim: int, *, codec, text: TextEncoder | None = N
         text = text or TextEncoder(length=d.text_len, dim=text_dim, seed=config.seed)
     else:
         text = None
-    transform = ToTraining(codec, text, d.motion_masked_frames)
+    transform = ToTraining(codec, text, d.motion_masked_frames, image=bool(image_dim))
     return records_dataset(source, batch_size=d.batch_size, seed=config.seed, shuffle=train, transform=transform,
                            num_epochs=None if train else 1, augment=augment)
 
 
-def make_records_source(config, text_dim: int, *, codec, text: TextEncoder | None = None) -> Callable[[int], dict]:
+def make_records_source(config, text_dim: int, *, codec, text: TextEncoder | None = None,
+                        image_dim: int | None = None) -> Callable[[int], dict]:
     """``source(step) -> host batch`` for ``config.data.source == 'records'`` (see ``data/sources.py``)."""
-    ds = config_dataset(config, text_dim, codec=codec, text=text)
+    ds = config_dataset(config, text_dim, codec=codec, text=text, image_dim=image_dim)
     return lambda step: ds[step]

@@ -4,7 +4,9 @@ Each input shard ``<src>/X-00003-of-00008.array_record`` becomes ``<out>/X-00003
 with the same records in the same order (corrupt input records are skipped, counted and logged),
 ``kind="latents"``, ``target``/``reference``/``motion`` replaced by ``codec.encode`` of the pixels in
 [-1, 1], ``motion_valid`` mapped to latent frames, and ``caption``/ids carried over. With a text
-encoder the caption embeddings are stored as ``text``/``text_mask`` too.
+encoder the caption embeddings are stored as ``text``/``text_mask`` too; with an image encoder
+(:class:`~dreamactor_jax.data.clip_image.CLIPImageEncoder`) the reference frame's CLIP tokens as ``image_tokens``
+(the Wan2.1-I2V image branch).
 
 Sharded across processes: process ``i`` of ``n`` handles input shards ``i::n``. Resumable: an output
 shard is written under a temporary name and renamed when complete, so an existing output shard is
@@ -37,7 +39,7 @@ class PrecomputeReport:
     corrupt: int = 0
 
 
-def encode_records(pixel_records: list[dict], codec, text_encoder=None) -> list[dict]:
+def encode_records(pixel_records: list[dict], codec, text_encoder=None, image_encoder=None) -> list[dict]:
     """Latent records of a list of pixel records (one ``codec.encode`` call per field for the whole list)."""
     out = [dict(kind="latents") for _ in pixel_records]
     for k in rec.VIDEO_FIELDS:
@@ -52,10 +54,15 @@ def encode_records(pixel_records: list[dict], codec, text_encoder=None) -> list[
                 o[k] = r[k]
         if text_encoder is not None and "caption" in r:
             o["text"], o["text_mask"] = text_encoder(r["caption"])
+    if image_encoder is not None:
+        refs = np.stack([rec.uint8_to_pixels(r["reference"])[0] for r in pixel_records])
+        for o, tok in zip(out, image_encoder.encode_batch(refs)):
+            o["image_tokens"] = tok
     return out
 
 
-def precompute_shard(src_path: str, out_path: str, codec, *, text_encoder=None, batch_size: int = 8) -> tuple[int, int]:
+def precompute_shard(src_path: str, out_path: str, codec, *, text_encoder=None, image_encoder=None,
+                     batch_size: int = 8) -> tuple[int, int]:
     """Encodes one input shard into one output shard (atomic); returns (records written, corrupt skipped)."""
     source = rec.RecordSource([src_path])  # FileNotFoundError when the shard is unreadable
     for stale in glob.glob(glob.escape(out_path) + ".tmp-*"):  # left by an interrupted run
@@ -76,7 +83,7 @@ def precompute_shard(src_path: str, out_path: str, codec, *, text_encoder=None, 
                 rec.STATS.corrupt(loc.file, loc.index, str(e))
                 corrupt += 1
             if len(batch) == batch_size or (i == len(source) - 1 and batch):
-                yield from (rec.encode_record(r) for r in encode_records(batch, codec, text_encoder))
+                yield from (rec.encode_record(r) for r in encode_records(batch, codec, text_encoder, image_encoder))
                 batch = []
 
     n = rec.write_file(out_path, latents())
@@ -84,8 +91,8 @@ def precompute_shard(src_path: str, out_path: str, codec, *, text_encoder=None, 
     return n, corrupt
 
 
-def precompute(src, out_dir: str, codec, *, text_encoder=None, process_index: int = 0, process_count: int = 1,
-               batch_size: int = 8) -> PrecomputeReport:
+def precompute(src, out_dir: str, codec, *, text_encoder=None, image_encoder=None, process_index: int = 0,
+               process_count: int = 1, batch_size: int = 8) -> PrecomputeReport:
     """Latent records for this process's share of the pixel record shards in ``src``.
 
     Args:
@@ -93,6 +100,8 @@ def precompute(src, out_dir: str, codec, *, text_encoder=None, process_index: in
       out_dir: where latent shards go (same file names); created if missing.
       codec: a codec of ``dreamactor_jax.codecs`` (``encode`` on (B, T, H, W, 3) in [-1, 1]).
       text_encoder: optional caption -> (text, text_mask), stored in the records.
+      image_encoder: optional ``encode_batch(images (B, H, W, 3) [-1, 1]) -> (B, M, E)``: the reference
+        frame's tokens, stored as ``image_tokens``.
       process_index, process_count: this process handles input shards ``process_index::process_count``.
       batch_size: records per ``codec.encode`` call.
 
@@ -110,7 +119,8 @@ def precompute(src, out_dir: str, codec, *, text_encoder=None, process_index: in
             report.existing.append(out)
             continue
         try:
-            n, bad = precompute_shard(path, out, codec, text_encoder=text_encoder, batch_size=batch_size)
+            n, bad = precompute_shard(path, out, codec, text_encoder=text_encoder, image_encoder=image_encoder,
+                                      batch_size=batch_size)
         except FileNotFoundError as e:  # truncated input shard: reported (skip_stats too), the rest goes on
             log.error("skipping input shard %s: %s", path, e)
             report.unreadable.append(path)

@@ -32,6 +32,8 @@ Fields (per example, no batch axis; T frames, H x W pixels or latents, C channel
   caption         optional  ()            str      target-oriented caption
   identity_id     optional  ()            int64    who is in the clip (held-out splits, eval)
   motion_id       optional  ()            int64    which motion / source clip
+  image_tokens    optional  (M, E)        float32  CLIP tokens of the reference frame for the I2V image branch
+                                                   (``data/clip_image.py``; Wan2.1-I2V: 257 x 1280)
   keypoints       optional  (Tp, S, J, 3) float32  the driving pose per pixel frame (Tp: the clip's pixel
                                                    frames), subject and joint: x, y in the record's
                                                    pixels, confidence (0: not detected); J = 18, the
@@ -75,7 +77,7 @@ SCHEMA_VERSION = 1
 KINDS = ("pixels", "latents")
 VIDEO_FIELDS = ("target", "reference", "motion")
 REQUIRED = ("schema_version", "kind", *VIDEO_FIELDS, "motion_valid")
-OPTIONAL = ("text", "text_mask", "caption", "identity_id", "motion_id", "keypoints")
+OPTIONAL = ("text", "text_mask", "caption", "identity_id", "motion_id", "keypoints", "image_tokens")
 STRING_FIELDS = ("kind", "caption")
 INT_FIELDS = ("schema_version", "identity_id", "motion_id")
 SUFFIX = ".array_record"
@@ -246,6 +248,11 @@ def check_example(ex: Mapping, where: str) -> None:
         if kp.ndim != 4 or kp.shape[-1] != 3 or kp.dtype != np.float32 or (ex["kind"] == "pixels" and len(kp) != t):
             raise RecordSchemaError(f"{where}: field 'keypoints' is {kp.dtype} {kp.shape}; expected float32 "
                                     f"(T, S, J, 3){f' with T = {t}' if ex['kind'] == 'pixels' else ''}")
+    if "image_tokens" in ex:
+        tok = np.asarray(ex["image_tokens"])
+        if tok.ndim != 2 or tok.dtype != np.float32:
+            raise RecordSchemaError(f"{where}: field 'image_tokens' is {tok.dtype} {tok.shape}; expected float32 "
+                                    "(M, E)")
     if ("text" in ex) != ("text_mask" in ex):
         raise RecordSchemaError(f"{where}: fields 'text' and 'text_mask' come together; got only one")
     if "text" in ex and (np.ndim(ex["text"]) != 2 or np.shape(ex["text_mask"]) != np.shape(ex["text"])[:1]):

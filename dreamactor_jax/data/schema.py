@@ -12,6 +12,7 @@ motion          (B, T, H, W, C)  float32  motion signal: pose render (stage 1) /
 motion_valid    (B, T)           float32  1 where the motion frame is shown, 0 where masked
 text            (B, L, E)        float32  text embeddings (target-oriented caption)
 text_mask       (B, L)           float32  1 on real text tokens, 0 on padding
+image           (B, M, E_img)    float32  optional: CLIP tokens of the reference (I2V models only)
 ==============  ===============  =======  =====================================================
 """
 
@@ -24,8 +25,11 @@ import numpy as np
 REQUIRED = ("target", "reference", "motion", "motion_valid", "text", "text_mask")
 
 
-def batch_shapes(b: int, t: int, h: int, w: int, c: int, text_len: int, text_dim: int) -> dict[str, tuple]:
-    return {
+def batch_shapes(b: int, t: int, h: int, w: int, c: int, text_len: int, text_dim: int,
+                 image_tokens: int = 0, image_dim: int | None = None) -> dict[str, tuple]:
+    """Field shapes of a batch; ``image`` only for an I2V model (``image_dim``) with ``image_tokens`` > 0."""
+    image = {"image": (b, image_tokens, image_dim)} if image_dim and image_tokens else {}
+    return image | {
         "target": (b, t, h, w, c),
         "reference": (b, 1, h, w, c),
         "motion": (b, t, h, w, c),
@@ -35,6 +39,12 @@ def batch_shapes(b: int, t: int, h: int, w: int, c: int, text_len: int, text_dim
     }
 
 
+def image_tokens_for(data, image_dim: int | None) -> int:
+    """How many CLIP image tokens a batch of ``data`` (a ``config.data``) carries: ``data.image_tokens`` for an
+    I2V model (``image_dim``) reading records (which store them), else 0 (the image branch is skipped)."""
+    return int(data.get("image_tokens", 257)) if image_dim and data.get("source") == "records" else 0
+
+
 def validate_batch(batch: Mapping[str, np.ndarray], expected: Mapping[str, tuple] | None = None) -> None:
     """Raises ValueError naming the first field that is missing or mis-shaped."""
     missing = [k for k in REQUIRED if k not in batch]
@@ -42,6 +52,8 @@ def validate_batch(batch: Mapping[str, np.ndarray], expected: Mapping[str, tuple
         raise ValueError(f"batch is missing field(s) {missing}; a batch holds {list(REQUIRED)}")
     if expected is not None:
         for k, shape in expected.items():
+            if k not in batch:
+                raise ValueError(f"batch is missing field {k!r} (expected shape {tuple(shape)})")
             if tuple(np.shape(batch[k])) != tuple(shape):
                 raise ValueError(f"batch field {k!r} has shape {tuple(np.shape(batch[k]))}, expected {tuple(shape)}")
     b, t = np.shape(batch["target"])[:2]

@@ -102,13 +102,14 @@ def make_source(config: ml_collections.ConfigDict, text_dim: int) -> Callable[[i
         # Checks the records against the config (latent T/H/W/C, stored text shape).
         comp = components(config)
         toy = comp.text_for(text_dim) if d.get("text_source", "toy") == "toy" else None
-        main = pipeline.make_records_source(config, text_dim, codec=comp.codec, text=toy)
+        img = comp.model.image_dim  # an I2V model reads the records' CLIP image tokens
+        main = pipeline.make_records_source(config, text_dim, codec=comp.codec, text=toy, image_dim=img)
         if d.pose_mix <= 0:
             return main
         if d.get("pose_mix_records"):  # the run's stage-1 records (pose-driven), checked like the main records
             pose_cfg = ml_collections.ConfigDict(config.to_dict())
             pose_cfg.data.update(records_dir=d.pose_mix_records, pose_mix=0.0, stage=1)
-            pose = pipeline.make_records_source(pose_cfg, text_dim, codec=comp.codec, text=toy)
+            pose = pipeline.make_records_source(pose_cfg, text_dim, codec=comp.codec, text=toy, image_dim=img)
         else:
             pose = procedural_dataset(config, text_dim, split="train", stage=1).__getitem__
         return lambda step: pose(step) if _mix_draw(config.seed, step) < d.pose_mix else main(step)
@@ -176,6 +177,12 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
     # caption when it stores no text; 'records' (real runs) requires the precomputed umT5 'text' of every record
     # (launch/precompute.py --umt5_dir) and refuses records without it
     c.text_source = "toy"
+    # CLIP image tokens per record for an I2V model (config.model image_dim set): records must store
+    # 'image_tokens' of (image_tokens, image_dim) (launch/precompute.py --clip_dir; Wan2.1-I2V: 257 x 1280)
+    c.image_tokens = 257
+    # A local CLIP vision checkpoint for the phases of an I2V model that need tokens of new images (synthesis's
+    # new identities, eval's references, launch/sample.py); training reads them from the records
+    c.clip_dir = ""
     c.prefetch = 2  # host batches built ahead in a background thread while the device steps (0: off)
     # name: 'space_to_depth' (exact, tiny runs) | 'wan_vae' (spatial_factor 8; weights: a diffusers
     # AutoencoderKLWan dir or Wan2.1_VAE.pth; tiling: spatial tiles for large frames)

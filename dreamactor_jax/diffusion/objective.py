@@ -95,7 +95,8 @@ def loss_sum(model, batch: dict, draws: dict, ocfg: ObjectiveConfig, normaliser:
     x_in, t, v_target, weights = canvas_inputs(batch, draws["sigma"], draws["noise"],
                                                patch_size=model.cfg.patch_size, given_region=ocfg.given_region)
     text = jnp.where(draws["text_keep"][:, None, None], batch["text"], jnp.zeros_like(batch["text"]))
-    v = model(x_in, t, text, batch.get("text_mask"))
+    image = (batch["image"],) if "image" in batch else ()  # CLIP tokens of the reference: I2V models only
+    v = model(x_in, t, text, batch.get("text_mask"), *image)
     se = jnp.square(v.astype(jnp.float32) - v_target.astype(jnp.float32)).mean(axis=-1)
     return jnp.sum(se * weights) / normaliser
 

@@ -60,8 +60,11 @@ def schedule(steps: int, shift: float) -> jax.Array:
 
 
 def sample(model, reference_b1hwc, motion_bthwc, text_ble, text_mask_bl, rng, scfg: SamplerConfig,
-           motion_valid_bt=None, noise_bthwc=None):
+           motion_valid_bt=None, noise_bthwc=None, image_bme=None):
     """Generates the target (left half) for a batch of conditions; returns latents (B,T,H,W,C) in f32.
+
+    ``image_bme``: CLIP tokens of the reference for an I2V model's image branch (None: the branch is skipped);
+    classifier-free guidance keeps them in both branches (only the text is dropped).
 
     The initial noise over the whole canvas (B,T,H,2W,C) is drawn from ``rng``, or is ``noise_bthwc`` when
     given (so another implementation, e.g. ``examples/serve_torch.py``, can start from the same noise).
@@ -93,10 +96,12 @@ def sample(model, reference_b1hwc, motion_bthwc, text_ble, text_mask_bl, rng, sc
             x = jnp.where(given, (1.0 - sigma) * x0_given + sigma * noise, x)
             ts = jnp.full((b,), flow.model_timestep(sigma))
         x_in = canvas.assemble_canvas(x, cond, mask)
+        image = () if image_bme is None else (image_bme,)  # only an I2V model takes the image tokens
         if not use_cfg:
-            return model(x_in, ts, text_ble, text_mask_bl)
+            return model(x_in, ts, text_ble, text_mask_bl, *image)
         v = model(jnp.concatenate([x_in, x_in]), jnp.concatenate([ts, ts]), jnp.concatenate([text_ble, null_text]),
-                  None if text_mask_bl is None else jnp.concatenate([text_mask_bl, text_mask_bl]))
+                  None if text_mask_bl is None else jnp.concatenate([text_mask_bl, text_mask_bl]),
+                  *(jnp.concatenate([i, i]) for i in image))
         v_c, v_u = v[:b], v[b:]
         return v_u + scfg.guidance * (v_c - v_u)
 

@@ -20,9 +20,11 @@ from dreamactor_jax.train import state as state_lib
 from dreamactor_jax.train.step import train_step
 
 
-def abstract_batch(config: ml_collections.ConfigDict, text_dim: int) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(config: ml_collections.ConfigDict, text_dim: int,
+                   image_dim: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
     d = config.data
-    shapes = schema.batch_shapes(d.batch_size, d.frames, d.height, d.width, d.channels, d.text_len, text_dim)
+    shapes = schema.batch_shapes(d.batch_size, d.frames, d.height, d.width, d.channels, d.text_len, text_dim,
+                                 schema.image_tokens_for(d, image_dim), image_dim)
     return {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
 
 
@@ -44,7 +46,7 @@ def abstract_run(config: ml_collections.ConfigDict, platform: str | None = None)
     tx, _ = optim.make_optimizer(config.optim, config.train.steps)
     state = jax.eval_shape(functools.partial(state_lib.create, tx=tx, ema=config.optim.ema_decay > 0), params)
     step = step_fn(config, graphdef, tx)
-    return mcfg, graphdef, state, abstract_batch(config, mcfg.text_dim), step
+    return mcfg, graphdef, state, abstract_batch(config, mcfg.text_dim, mcfg.image_dim), step
 
 
 def eval_shape_step(config: ml_collections.ConfigDict):

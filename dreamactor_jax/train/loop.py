@@ -315,7 +315,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
                                  limit=int(t.steps))
     # Each process holds its own slice of the global batch.
     expected = schema.batch_shapes(d.batch_size // jax.process_count(), d.frames, d.height, d.width, d.channels,
-                                   d.text_len, mcfg.text_dim)
+                                   d.text_len, mcfg.text_dim, schema.image_tokens_for(d, mcfg.image_dim),
+                                   mcfg.image_dim)
     key = jax.random.key(config.seed)
     tokens = d.batch_size * d.frames * d.height * 2 * d.width // math.prod(mcfg.patch_size)
     run_config = json.loads(config.to_json_best_effort())
