@@ -33,6 +33,8 @@ flags.DEFINE_string("umt5_dir", None, "A local umT5 encoder + tokenizer director
                     "caption embeddings (--text_len tokens) instead of the tiny hashing encoder's.")
 flags.DEFINE_string("clip_dir", None, "A local CLIP vision checkpoint (Wan2.1-I2V's image encoder): store the "
                     "reference frame's image tokens (penultimate layer) for the I2V image branch.")
+flags.DEFINE_integer("pose_augment_variants", 0, "After each record with keypoints, this many variants with the motion "
+                     "re-rendered from bone-length-augmented keypoints (offline pose augmentation; --seed seeds them).")
 flags.DEFINE_integer("process_index", -1, "This process (-1: jax.process_index()).")
 flags.DEFINE_integer("process_count", -1, "Processes (-1: jax.process_count()).")
 distributed.define_flags()
@@ -65,7 +67,8 @@ def main(argv):
 
         image = CLIPImageEncoder(FLAGS.clip_dir)
     r = precompute(FLAGS.src, FLAGS.out, codec, text_encoder=text, image_encoder=image, process_index=index,
-                   process_count=count, batch_size=FLAGS.batch_size)
+                   process_count=count, batch_size=FLAGS.batch_size, augment_variants=FLAGS.pose_augment_variants,
+                   seed=FLAGS.seed)
     print(f"process {index}/{count}: wrote {len(r.written)} shards ({r.records} records), {len(r.existing)} already "
           f"complete, {len(r.unreadable)} unreadable inputs, {r.corrupt} corrupt records skipped")
 

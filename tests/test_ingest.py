@@ -279,6 +279,36 @@ def test_records_pose_augmentation_rerenders_the_motion(ingested, tmp_path):
         pipeline.config_dataset(c, text_dim=8, codec=codec)
 
 
+def test_precompute_writes_pose_augmented_variants(ingested, tmp_path):
+    """Offline pose augmentation: each clip then K variants with re-rendered motion, the same on a rerun."""
+    _, out = ingested
+    codec = get_codec("space_to_depth", spatial_factor=2, latent_channels=12)
+    src = records.RecordSource(str(out))
+    lat = tmp_path / "lat"
+    rep = precompute.precompute(str(out), str(lat), codec, text_encoder=TextEncoder(4, 8, 0), augment_variants=2)
+    assert rep.records == 3 * len(src)
+    got = records.RecordSource(str(lat))
+    for i in range(len(src)):
+        base, *variants = (got[3 * i + v] for v in range(3))
+        want = codec.encode(records.uint8_to_pixels(src[i]["motion"])[None])[0]
+        np.testing.assert_allclose(base["motion"], want, atol=1e-6)  # the original first, untouched
+        for v in variants:
+            np.testing.assert_array_equal(v["target"], base["target"])
+            assert np.abs(v["motion"] - base["motion"]).max() > 0.1 and v["motion_id"] == base["motion_id"]
+            assert not np.array_equal(v["keypoints"], base["keypoints"])
+        assert np.abs(variants[0]["motion"] - variants[1]["motion"]).max() > 0  # two different draws
+    again = precompute.precompute(str(out), str(tmp_path / "lat2"), codec, text_encoder=TextEncoder(4, 8, 0),
+                                  augment_variants=2)
+    assert again.records == rep.records
+    for a, b in zip(sorted(os.listdir(lat)), sorted(os.listdir(tmp_path / "lat2"))):
+        assert open(lat / a, "rb").read() == open(tmp_path / "lat2" / b, "rb").read()
+    # Records without keypoints cannot be augmented: the error names the field.
+    plain = tmp_path / "plain"
+    records.write_records(str(plain / "c"), [{k: v for k, v in src[0].items() if k != "keypoints"}], 4)
+    with pytest.raises(ValueError, match="'keypoints'"):
+        precompute.precompute(str(plain), str(tmp_path / "lat3"), codec, augment_variants=1)
+
+
 def _pixel_shards(tmp_path, n=7, shard_size=3):
     rng = np.random.default_rng(0)
     exs = [dict(kind="pixels", target=rng.integers(0, 256, (3, 6, 10, 3), dtype=np.uint8),

@@ -8,6 +8,13 @@ encoder the caption embeddings are stored as ``text``/``text_mask`` too; with an
 (:class:`~dreamactor_jax.data.clip_image.CLIPImageEncoder`) the reference frame's CLIP tokens as ``image_tokens``
 (the Wan2.1-I2V image branch).
 
+Pose augmentation offline: with ``augment_variants=K`` every pixel record with ``keypoints`` is followed by K
+variants whose motion is re-rendered from bone-length-augmented keypoints (``pipeline.AugmentPose`` with
+probability 1, seeded per shard, record and variant: reruns write the same bytes). At 480p rendering an
+augmented clip costs seconds (``AugmentPose``), far more than a train step, so large runs augment here and train
+on the latents with ``config.data.records_pose_augment_prob=0``; the fraction of augmented samples is then
+K / (K + 1) (the paper: 0.3, so K = 1 over-augments by ~0.2; pick K by the share you want).
+
 Sharded across processes: process ``i`` of ``n`` handles input shards ``i::n``. Resumable: an output
 shard is written under a temporary name and renamed when complete, so an existing output shard is
 finished and skipped on the next run; temporaries of an interrupted run are overwritten.
@@ -19,6 +26,7 @@ import dataclasses
 import glob
 import logging
 import os
+import zlib
 
 import numpy as np
 
@@ -61,8 +69,21 @@ def encode_records(pixel_records: list[dict], codec, text_encoder=None, image_en
     return out
 
 
+def _variants(r: dict, k: int, seed_parts: tuple) -> list[dict]:
+    """``r`` and ``k`` pose-augmented variants of it (motion re-rendered, keypoints augmented)."""
+    if k <= 0:
+        return [r]
+    if "keypoints" not in r:
+        raise ValueError("precompute augment_variants > 0 re-renders the motion from the records' keypoints, but a "
+                         "record has no 'keypoints' field; ingest with launch/ingest.py (which stores them)")
+    from dreamactor_jax.data.pipeline import AugmentPose
+
+    aug = AugmentPose(prob=1.0)
+    return [r] + [aug.random_map(r, np.random.default_rng([*seed_parts, v])) for v in range(k)]
+
+
 def precompute_shard(src_path: str, out_path: str, codec, *, text_encoder=None, image_encoder=None,
-                     batch_size: int = 8) -> tuple[int, int]:
+                     batch_size: int = 8, augment_variants: int = 0, seed: int = 0) -> tuple[int, int]:
     """Encodes one input shard into one output shard (atomic); returns (records written, corrupt skipped)."""
     source = rec.RecordSource([src_path])  # FileNotFoundError when the shard is unreadable
     for stale in glob.glob(glob.escape(out_path) + ".tmp-*"):  # left by an interrupted run
@@ -76,13 +97,14 @@ def precompute_shard(src_path: str, out_path: str, codec, *, text_encoder=None, 
         batch = []
         for i in range(len(source)):
             try:
-                batch.append(source.read(i))
+                name = zlib.crc32(os.path.basename(src_path).encode())  # a stable per-shard seed part
+                batch.extend(_variants(source.read(i), augment_variants, (seed, name, i)))
             except rec.CorruptRecordError as e:
                 # Skipped, not substituted: the output must hold each input example at most once.
                 loc = source.locate(i)
                 rec.STATS.corrupt(loc.file, loc.index, str(e))
                 corrupt += 1
-            if len(batch) == batch_size or (i == len(source) - 1 and batch):
+            if len(batch) >= batch_size or (i == len(source) - 1 and batch):
                 yield from (rec.encode_record(r) for r in encode_records(batch, codec, text_encoder, image_encoder))
                 batch = []
 
@@ -92,7 +114,8 @@ def precompute_shard(src_path: str, out_path: str, codec, *, text_encoder=None, 
 
 
 def precompute(src, out_dir: str, codec, *, text_encoder=None, image_encoder=None, process_index: int = 0,
-               process_count: int = 1, batch_size: int = 8) -> PrecomputeReport:
+               process_count: int = 1, batch_size: int = 8, augment_variants: int = 0,
+               seed: int = 0) -> PrecomputeReport:
     """Latent records for this process's share of the pixel record shards in ``src``.
 
     Args:
@@ -104,6 +127,7 @@ def precompute(src, out_dir: str, codec, *, text_encoder=None, image_encoder=Non
         frame's tokens, stored as ``image_tokens``.
       process_index, process_count: this process handles input shards ``process_index::process_count``.
       batch_size: records per ``codec.encode`` call.
+      augment_variants, seed: K pose-augmented variants after each record (see the module docstring).
 
     Returns:
       A :class:`PrecomputeReport` of this process's work.
@@ -120,7 +144,7 @@ def precompute(src, out_dir: str, codec, *, text_encoder=None, image_encoder=Non
             continue
         try:
             n, bad = precompute_shard(path, out, codec, text_encoder=text_encoder, image_encoder=image_encoder,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, augment_variants=augment_variants, seed=seed)
         except FileNotFoundError as e:  # truncated input shard: reported (skip_stats too), the rest goes on
             log.error("skipping input shard %s: %s", path, e)
             report.unreadable.append(path)
