@@ -48,12 +48,15 @@ def score(synthetic_thw3: np.ndarray, example: dict) -> dict:
     return {"pose_consistency": pose, "appearance_consistency": look, "score": 0.5 * (pose + look)}
 
 
-def run_synthesis(animator: Animator, codec, text_encoder, pcfg: proc.ProceduralConfig,
-                  scfg: ml_collections.ConfigDict, out_dir: str, seed: int) -> dict:
-    """Writes accepted triplets as latent records under ``out_dir/records``; returns a summary."""
+def run_shards(out_dir: str, num_clips: int, shard_size: int, make_shard) -> dict:
+    """The shard loop of both synthesis phases: sharded over processes, resumable, totals over all processes.
+
+    ``make_shard(lo, hi) -> (latent examples to write, acceptance rows)`` for clips ``lo..hi-1``; a row holds
+    ``accepted``. Returns clips, accepted, acceptance_rate and the records directory.
+    """
     rec_dir = os.path.join(out_dir, "records")
     os.makedirs(rec_dir, exist_ok=True)
-    n_shards = -(-scfg.num_clips // scfg.shard_size)
+    n_shards = -(-num_clips // shard_size)
     accepted = total = 0
     for shard in range(jax.process_index(), n_shards, jax.process_count()):
         path = os.path.join(rec_dir, records.shard_name("synthesis", shard, n_shards))
@@ -61,10 +64,25 @@ def run_synthesis(animator: Animator, codec, text_encoder, pcfg: proc.Procedural
         if os.path.exists(log_path):  # finished before a restart (the log is written after the records)
             with open(log_path) as f:
                 rows = [json.loads(x) for x in f]
-            total += len(rows)
-            accepted += sum(r["accepted"] for r in rows)
-            continue
-        lo, hi = shard * scfg.shard_size, min((shard + 1) * scfg.shard_size, scfg.num_clips)
+        else:
+            examples, rows = make_shard(shard * shard_size, min((shard + 1) * shard_size, num_clips))
+            if examples:  # a shard where nothing passed leaves only its acceptance log
+                records.write_file(path, (records.encode_record(dict(ex, kind="latents")) for ex in examples))
+            with open(log_path + ".tmp", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+            os.replace(log_path + ".tmp", log_path)
+        total += len(rows)
+        accepted += sum(r["accepted"] for r in rows)
+    # Every process's shards, so that a process whose own shards accepted nothing does not fail the phase alone.
+    total, accepted = distributed.sum_over_processes([total, accepted])
+    return {"clips": total, "accepted": accepted, "acceptance_rate": accepted / max(total, 1), "records": rec_dir}
+
+
+def run_synthesis(animator: Animator, codec, text_encoder, pcfg: proc.ProceduralConfig,
+                  scfg: ml_collections.ConfigDict, out_dir: str, seed: int) -> dict:
+    """Writes accepted triplets as latent records under ``out_dir/records``; returns a summary."""
+
+    def make_shard(lo, hi):
         examples, rows = [], []
         for start in range(lo, hi, scfg.batch_size):
             idx = list(range(start, min(start + scfg.batch_size, hi)))
@@ -83,13 +101,6 @@ def run_synthesis(animator: Animator, codec, text_encoder, pcfg: proc.Procedural
                     examples.append(dict(lat, motion_valid=np.ones(lat["target"].shape[0], np.float32), text=text,
                                          text_mask=tmask, caption=e["caption"], identity_id=int(e["identity_id"]),
                                          motion_id=int(e["motion_id"])))
-        if examples:  # a shard where nothing passed leaves only its acceptance log
-            records.write_file(path, (records.encode_record(dict(ex, kind="latents")) for ex in examples))
-        with open(log_path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(log_path + ".tmp", log_path)
-        total += len(rows)
-        accepted += sum(r["accepted"] for r in rows)
-    # Every process's shards, so that a process whose own shards accepted nothing does not fail the phase alone.
-    total, accepted = distributed.sum_over_processes([total, accepted])
-    return {"clips": total, "accepted": accepted, "acceptance_rate": accepted / max(total, 1), "records": rec_dir}
+        return examples, rows
+
+    return run_shards(out_dir, scfg.num_clips, scfg.shard_size, make_shard)

@@ -25,18 +25,18 @@ per shard (per clip: scores, ids, pool image, accepted), totals summed over proc
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from dreamactor_jax.curriculum.synthesis import run_shards
 from dreamactor_jax.data import keypoints as kp_lib
 from dreamactor_jax.data import records, video_io
+from dreamactor_jax.data.pipeline import latent_valid
 from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.eval import metrics
-from dreamactor_jax.parallel import distributed
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -98,20 +98,9 @@ def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, so
         raise ValueError("config.data.text_source='records', but the driving records have no 'text' field; "
                          "precompute umT5 text with launch/precompute.py --umt5_dir")
     pixels = source.kind == "pixels"
-    rec_dir = os.path.join(out_dir, "records")
-    os.makedirs(rec_dir, exist_ok=True)
     num = min(int(scfg.num_clips), len(source))
-    n_shards = -(-num // scfg.shard_size)
-    accepted = total = 0
-    for shard in range(jax.process_index(), n_shards, jax.process_count()):
-        path = os.path.join(rec_dir, records.shard_name("synthesis", shard, n_shards))
-        log_path = os.path.join(out_dir, f"acceptance-{shard:05d}.jsonl")
-        if os.path.exists(log_path):  # finished before a restart (the log is written after the records)
-            with open(log_path) as f:
-                rows = [json.loads(x) for x in f]
-            total, accepted = total + len(rows), accepted + sum(r["accepted"] for r in rows)
-            continue
-        lo, hi = shard * scfg.shard_size, min((shard + 1) * scfg.shard_size, num)
+
+    def make_shard(lo, hi):
         examples, rows = [], []
         for start in range(lo, hi, scfg.batch_size):
             idx = list(range(start, min(start + scfg.batch_size, hi)))
@@ -123,7 +112,8 @@ def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, so
                 lat[k] = (np.asarray(codec.encode(video_io.to_pixels(arr)), np.float32) if pixels
                           else arr.astype(np.float32))
             new_ref = np.asarray(codec.encode(np.stack([n["image"] for n in news])[:, None]), np.float32)
-            valid = np.stack([np.asarray(r["motion_valid"], np.float32) for r in recs])
+            valid = np.stack([latent_valid(r["motion_valid"], codec.temporal_factor) if pixels
+                              else np.asarray(r["motion_valid"], np.float32) for r in recs])
             valid[:, : animator.masked] = 0.0
             caps = [_as_str(r.get("caption", "")) for r in recs]
             prompts = [f"{n['caption']}, {c}" if c else n["caption"] for n, c in zip(news, caps)]
@@ -160,12 +150,7 @@ def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, so
                         ex.update(text=np.asarray(r["text"], np.float32), text_mask=np.asarray(r["text_mask"],
                                                                                                 np.float32))
                     examples.append(ex)
-        if examples:
-            records.write_file(path, (records.encode_record(dict(ex, kind="latents")) for ex in examples))
-        with open(log_path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(log_path + ".tmp", log_path)
-        total, accepted = total + len(rows), accepted + sum(r["accepted"] for r in rows)
-    total, accepted = distributed.sum_over_processes([total, accepted])
-    return {"clips": total, "accepted": accepted, "acceptance_rate": accepted / max(total, 1), "records": rec_dir,
-            "threshold": float(scfg.threshold), "source": "records", "pool_images": len(pool)}
+        return examples, rows
+
+    summary = run_shards(out_dir, num, scfg.shard_size, make_shard)
+    return dict(summary, threshold=float(scfg.threshold), source="records", pool_images=len(pool))
