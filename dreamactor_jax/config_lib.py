@@ -83,6 +83,10 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
     # shift, default 3.0) and preview_guidance (default 1.0) may be set too; previews play at the data's fps
     t.preview_source = "validation"  # "validation" (held-out procedural clips) | "train" (training batch 0)
     t.profile_steps = ""  # "A:B": jax.profiler trace of steps A..B (inclusive, as logged) into workdir/profile
+    # Persistent XLA compilation cache (local path or gs://; train/compile_cache.py): restarts load the compiled
+    # step. "" off here; launch/train.py and launch/curriculum.py default it to ~/.cache/dreamactor_jax/xla;
+    # "off" keeps it off there too
+    t.compilation_cache_dir = ""
     t.update(overrides)
     return t
 

@@ -13,6 +13,7 @@ from ml_collections import config_flags
 from dreamactor_jax import config_lib
 from dreamactor_jax.curriculum import driver
 from dreamactor_jax.parallel import distributed
+from dreamactor_jax.train import compile_cache
 
 config_flags.DEFINE_config_file("config", None, "Path to a curriculum config file, optionally ':arg'.",
                                 lock_config=True)
@@ -32,6 +33,7 @@ def main(argv):
     if jax.process_index() == 0:
         print(f"config (resolved; saved as {FLAGS.workdir}/{driver.CONFIG_FILE}):\n"
               f"{config_lib.describe(FLAGS.config)}", flush=True)
+    compile_cache.enable_for_launch(FLAGS.config.stage1.train)  # restarts load the compiled steps and samplers
     driver.run(FLAGS.config, FLAGS.workdir, only=FLAGS.only, force=FLAGS.force)
 
 

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from dreamactor_jax import config_lib
 from dreamactor_jax.parallel import distributed
-from dreamactor_jax.train import loop
+from dreamactor_jax.train import compile_cache, loop
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file, optionally ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the run's config, logs and checkpoints.")
@@ -32,6 +32,7 @@ def main(argv):
     if jax.process_index() == 0:
         print(f"config (resolved; saved as {FLAGS.workdir}/config.json):\n{config_lib.describe(FLAGS.config)}",
               flush=True)
+    compile_cache.enable_for_launch(FLAGS.config.train)  # restarts load the compiled step
     summary = loop.run(FLAGS.config, FLAGS.workdir)
     print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, {summary['seconds']:.1f} s")
 

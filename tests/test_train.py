@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 import subprocess
 import sys
 
@@ -181,3 +182,21 @@ def test_weight_decay_mask():
     assert mask["proj_out"]["kernel"] and not mask["proj_out"]["bias"]
     assert not mask["blocks"]["scale_shift_table"] and not mask["blocks"]["attn1"]["norm_q"]["weight"]
     assert mask["blocks"]["ffn"]["net_0"]["proj"]["kernel"]
+
+
+def test_launch_train_fills_and_reuses_the_compilation_cache(tmp_path, repo_root):
+    """The first run writes the compiled step to the cache; a second run (another workdir) compiles nothing
+    new: every executable it needs is a cache hit."""
+    cache = tmp_path / "xla"
+
+    def run(workdir):
+        cmd = [sys.executable, str(repo_root / "launch" / "train.py"), "--config=configs/stage1_pose.py:tiny",
+               f"--workdir={workdir}", "--config.train.steps=2", "--config.train.log_every=1",
+               f"--config.train.compilation_cache_dir={cache}"]
+        out = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return sorted(os.listdir(cache))
+
+    first = run(tmp_path / "a")
+    assert any(name.startswith("jit_") and "step" in name for name in first), first
+    assert run(tmp_path / "b") == first

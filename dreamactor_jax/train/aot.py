@@ -30,12 +30,13 @@ from dreamactor_jax.parallel import rules as rules_lib
 from dreamactor_jax.train import abstract, flops
 from dreamactor_jax.train import shard as shard_lib
 
-# Per-chip HBM bytes and dense bf16 peak FLOP/s of TPU generations (public spec sheets).
+# Per-chip HBM bytes and dense bf16 peak FLOP/s of TPU generations, in the units of Cloud TPU's spec pages:
+# v4 "32 GiB", v5e "16 GB", v5p "95 GB" (88.5 GiB), v6e "32 GB" (decimal GB are 10^9 bytes).
 CHIPS = {
     "v4": (32 * 2**30, 275e12),
-    "v5e": (16 * 2**30, 197e12),
-    "v5p": (95 * 2**30, 459e12),
-    "v6e": (32 * 2**30, 918e12),
+    "v5e": (16 * 10**9, 197e12),
+    "v5p": (95 * 10**9, 459e12),
+    "v6e": (32 * 10**9, 918e12),
 }
 
 
@@ -160,7 +161,7 @@ class AotReport:
             f"per-chip memory: args {self.argument_bytes / gib:.2f} GiB, outputs {self.output_bytes / gib:.2f} GiB "
             f"(aliased {self.alias_bytes / gib:.2f} GiB), temps {self.temp_bytes / gib:.2f} GiB, code "
             f"{self.code_bytes / gib:.3f} GiB",
-            f"per-chip total: {self.total_bytes / gib:.2f} GiB of {self.hbm_bytes / gib:.0f} GiB HBM "
+            f"per-chip total: {self.total_bytes / gib:.2f} GiB of {self.hbm_bytes / gib:.2f} GiB HBM "
             f"(headroom {100 * self.headroom:.1f}%)",
             f"model FLOPs per step: {self.model_flops:.4e}",
         ]

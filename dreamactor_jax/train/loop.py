@@ -29,7 +29,7 @@ from dreamactor_jax.models.build import count_params, init_params, model_config
 from dreamactor_jax.models.config import WanConfig
 from dreamactor_jax.parallel import distributed, rules
 from dreamactor_jax.parallel.mesh import make_mesh
-from dreamactor_jax.train import abstract, checkpoint, flops, guards, observe, optim, shard
+from dreamactor_jax.train import abstract, checkpoint, compile_cache, flops, guards, observe, optim, shard
 from dreamactor_jax.train import state as state_lib
 from dreamactor_jax.train.guards import NonFiniteError  # noqa: F401 (re-exported: callers catch loop.NonFiniteError)
 
@@ -282,6 +282,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemption) -> dict:
     t0 = time.perf_counter()
+    compile_cache.enable(config.train.get("compilation_cache_dir", ""))
     setup = prepare(config)
     mcfg, mesh, sp, t = setup.mcfg, setup.mesh, setup.shardings, config.train
     main = jax.process_index() == 0
