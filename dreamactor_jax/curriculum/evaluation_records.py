@@ -23,8 +23,8 @@ import os
 import jax
 import numpy as np
 
-from dreamactor_jax.data import keypoints as kp_lib
 from dreamactor_jax.data import records, video_io
+from dreamactor_jax.data.pose_estimator import estimate_openpose18
 from dreamactor_jax.eval import metrics
 
 SETTINGS = ("self_reenactment", "cross_identity")
@@ -64,15 +64,6 @@ def cross_partner(clips: list[dict], i: int) -> int:
         if clips[(i + d) % n]["identity_id"] != clips[i]["identity_id"]:
             return (i + d) % n
     return (i + 1) % n
-
-
-def _estimate(estimator, video_thw3: np.ndarray) -> list[np.ndarray]:
-    out = []
-    for f in video_io.to_uint8(video_thw3):
-        raw = np.asarray(estimator(f), np.float32)
-        out.append(kp_lib.to_openpose18(raw, kp_lib.detect_format(raw.shape[1], "pose estimator"))
-                   if raw.size else np.zeros((0, 18, 3), np.float32))
-    return out
 
 
 def evaluate_records(animators: dict, clips: list[dict], estimator, batch_size: int, out_dir: str, seed: int,
@@ -122,7 +113,8 @@ def evaluate_records(animators: dict, clips: list[dict], estimator, batch_size: 
                 cols = {"psnr": [metrics.psnr(g[1:], c["target"][1:]) for g, c in zip(gen, clips)],
                         "ssim": [metrics.ssim(g[1:], c["target"][1:]) for g, c in zip(gen, clips)]}
             else:
-                cols = {"pose_consistency": [metrics.pose_pck(_estimate(estimator, g[1:]), c["keypoints"][1:])
+                cols = {"pose_consistency": [metrics.pose_pck(estimate_openpose18(estimator, g[1:]),
+                                                              c["keypoints"][1:])
                                              for g, c in zip(gen, clips)],
                         "appearance_consistency": [metrics.histogram_similarity(g[1:], clips[j]["target"][0])
                                                    for g, j in zip(gen, partners)]}

@@ -32,9 +32,9 @@ import ml_collections
 import numpy as np
 
 from dreamactor_jax.curriculum.synthesis import run_shards
-from dreamactor_jax.data import keypoints as kp_lib
 from dreamactor_jax.data import records, video_io
 from dreamactor_jax.data.pipeline import latent_valid
+from dreamactor_jax.data.pose_estimator import estimate_openpose18
 from dreamactor_jax.diffusion.animator import Animator
 from dreamactor_jax.eval import metrics
 
@@ -128,13 +128,7 @@ def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, so
             out = np.asarray(out, np.float32)
             video = np.clip(np.asarray(codec.decode(out)), -1.0, 1.0)
             for j, (i, r, n, v) in enumerate(zip(idx, recs, news, video)):
-                frames_u8 = video_io.to_uint8(v)
-                found = []
-                for f in frames_u8:
-                    raw = np.asarray(estimator(f), np.float32)
-                    found.append(kp_lib.to_openpose18(raw, kp_lib.detect_format(raw.shape[1], "pose estimator"))
-                                 if raw.size else np.zeros((0, 18, 3), np.float32))
-                pose = metrics.pose_pck(found, np.asarray(r["keypoints"], np.float32))
+                pose = metrics.pose_pck(estimate_openpose18(estimator, v), np.asarray(r["keypoints"], np.float32))
                 look = metrics.histogram_similarity(v, n["image"])
                 sc = {"pose_consistency": pose, "appearance_consistency": look, "score": 0.5 * (pose + look)}
                 ok = sc["score"] >= scfg.threshold

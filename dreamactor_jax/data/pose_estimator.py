@@ -28,6 +28,9 @@ import dataclasses
 
 import numpy as np
 
+from dreamactor_jax.data import keypoints as kp_lib
+from dreamactor_jax.data import video_io
+
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # ImageNet, RGB, 0-255
 STD = np.array([58.395, 57.12, 57.375], np.float32)
 
@@ -244,3 +247,13 @@ class PoseEstimator:
             kp[p, :, :2] = crop_to_frame(kp[p, :, :2], center, scale, (iw, ih))
         self.num_joints = kp.shape[1]
         return kp
+
+
+def estimate_openpose18(estimator, video_thw3: np.ndarray) -> list[np.ndarray]:
+    """Per frame of a [-1, 1] video, the people ``estimator`` finds, in OpenPose-18 order: [(P, 18, 3)]."""
+    out = []
+    for frame in video_io.to_uint8(video_thw3):
+        raw = np.asarray(estimator(frame), np.float32)
+        out.append(kp_lib.to_openpose18(raw, kp_lib.detect_format(raw.shape[1], "pose estimator"))
+                   if raw.size else np.zeros((0, 18, 3), np.float32))
+    return out
