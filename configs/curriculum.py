@@ -8,6 +8,8 @@ Tiny on real data (every phase reads records: set the stage-1, pool and eval pat
   python launch/curriculum.py --config=configs/curriculum.py:tiny_real --workdir=runs/real \
     --config.stage1.data.records_dir=... --config.synthesis.reference_pool=... --config.eval.records_dir=... \
     --config.synthesis.pose_model=...
+A real-data pilot at 256 x 256 through the Wan2.1 VAE and umT5-XXL (records from launch/precompute.py
+--codec=wan_vae --spatial_factor=8 --umt5_dir=...): configs/curriculum.py:small_real with the same fields.
 One phase: --only=stage1|synthesis|stage2|export|eval. Real scale: configs/curriculum_wan14b.py.
 """
 
@@ -15,7 +17,7 @@ from dreamactor_jax.curriculum.presets import curriculum_config
 
 
 def get_config(arg: str | None = None):
-    if (arg or "") not in ("", "tiny", "small", "tiny_real"):
-        raise ValueError(f"configs/curriculum.py: unknown argument {arg!r}; use 'tiny', 'small', 'tiny_real' (or ''"
-                         " for Wan2.1-14B)")
+    if (arg or "") not in ("", "tiny", "small", "tiny_real", "small_real"):
+        raise ValueError(f"configs/curriculum.py: unknown argument {arg!r}; use 'tiny', 'small', 'tiny_real', "
+                         "'small_real' (or '' for Wan2.1-14B)")
     return curriculum_config(arg or "wan14b")

@@ -166,3 +166,9 @@ def test_real_data_config_refuses_procedural_fallbacks():
     with pytest.raises(ValueError, match="synthesis.reference_pool"):
         check_real_data(empty)
     assert curriculum_config("wan14b").real_data and not curriculum_config("tiny").real_data
+    # The real-data presets agree: the Wan2.1 VAE at spatial factor 8 (tiny_real: the tiny codec), text from records.
+    for scale in ("small_real", "wan14b"):
+        c = curriculum_config(scale)
+        assert c.stage1.data.codec.name == c.stage2.data.codec.name == "wan_vae"
+        assert c.stage1.data.codec.spatial_factor == 8 and c.stage1.data.text_source == "records"
+        assert c.synthesis.source == c.eval.source == "records"

@@ -77,7 +77,7 @@ def _all_configs(repo_root):
 
 
 CONFIG_CASES = [("stage1_pose", ""), ("stage1_pose", "tiny"), ("curriculum", ""), ("curriculum", "tiny"),
-                ("curriculum", "tiny_real"),
+                ("curriculum", "tiny_real"), ("curriculum", "small_real"),
                 ("curriculum_wan14b", ""), ("curriculum_wan14b", "lora,h100,480p"),
                 ("curriculum_wan14b", "full,v5p,720p")]
 

@@ -3,7 +3,9 @@
 ``curriculum_config(scale, variant, cluster, resolution)``:
   scale       "tiny" (CPU, procedural data, minutes: the README's main job) | "small" (the same data and
               recipe, a 4x larger model trained 5x longer: under an hour on 2 CPU cores) | "tiny_real" (the tiny
-              model on real data: every phase reads records, text from records; fill in the paths) | "wan14b"
+              model on real data: every phase reads records, text from records; fill in the paths) | "small_real" (the
+              small model on real data at 256 x 256, 17 frames, through the Wan2.1 VAE and umT5-XXL text: a pilot
+              for one GPU) | "wan14b"
               (Wan2.1-I2V-14B init, 81 frames, real data)
   variant     "full" fine-tune | "lora" (paper: rank 256 on FFN layers, backbone frozen)
   cluster     "v5p" (fsdp over the slice, sequence parallel for 720p) | "h100" (fsdp within a node)
@@ -17,9 +19,13 @@ import ml_collections
 from dreamactor_jax import config_lib
 from dreamactor_jax.data import sources
 
-SCALES = ("tiny", "small", "tiny_real", "wan14b")
-LOCAL_SCALES = ("tiny", "small", "tiny_real")  # CPU-sized models, one host
-REAL_SCALES = ("tiny_real", "wan14b")  # every phase reads records; text from records (check_real_data)
+SCALES = ("tiny", "small", "tiny_real", "small_real", "wan14b")
+LOCAL_SCALES = ("tiny", "small", "tiny_real", "small_real")  # small models, one host
+REAL_SCALES = ("tiny_real", "small_real", "wan14b")  # every phase reads records, text from them (check_real_data)
+# small_real: the small model on the Wan2.1 VAE's 16-channel latents (8x space, 4x time) of 256 x 256 clips of
+# 17 frames, with umT5-XXL caption embeddings (4096 wide, 512 tokens) as Wan2.1 uses them.
+SMALL_REAL = dict(model=dict(in_channels=2 * 16 + 4, out_channels=16, text_dim=4096, attention_block_q=256),
+                  data=dict(frames=5, height=32, width=32, channels=16, text_len=512))
 VARIANTS = ("full", "lora")
 CLUSTERS = ("v5p", "h100")
 RESOLUTIONS = {"480p": (60, 104), "720p": (90, 160)}
@@ -87,7 +93,9 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
     c.real_data = real  # True: a phase that would read procedural data or the toy text encoder is an error
     model = {"remat": "none" if tiny else "full", "attention": "auto"}
     if tiny:
-        model.update(SMALL_MODEL if scale == "small" else TINY_MODEL)
+        model.update(SMALL_MODEL if scale in ("small", "small_real") else TINY_MODEL)
+    if scale == "small_real":
+        model.update(SMALL_REAL["model"])
     if variant == "lora":
         model.update(lora_rank=256 if not tiny else 8)
     c.model = config_lib.model_section("tiny" if tiny else "wan2.1-i2v-14b", **model)
@@ -108,15 +116,18 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
                 motion_masked_frames=1 if tiny else 4, batch_size=4 if tiny else 8,
                 source="records" if real else "procedural", channels=TINY_CHANNELS if tiny else 16,
                 text_source="records" if real else "toy")
+    if scale == "small_real":
+        data.update(SMALL_REAL["data"])
     lr = 5e-5 if not tiny else 3e-3
-    steps1, clips, steps2, pairs = LOCAL_BUDGET.get("tiny" if scale == "tiny_real" else scale,
-                                                    (50_000, 60_000, 50_000, 200))
+    budget = {"tiny_real": "tiny", "small_real": "small"}.get(scale, scale)
+    steps1, clips, steps2, pairs = LOCAL_BUDGET.get(budget, (50_000, 60_000, 50_000, 200))
     c.stage1 = ml_collections.ConfigDict()
     c.stage1.data = sources.data_section(stage=1, **data)
     if tiny:
         c.stage1.data.procedural.update(TINY_MOTION)
     c.stage1.data.records_dir = "gs://BUCKET/latents/stage1" if real else ""  # precomputed latent records
-    if not tiny:  # the Wan2.1 VAE (8x space, 4x time, 16 channels); weights "" reads $DREAMACTOR_WAN_VAE, else errors
+    if not tiny or scale == "small_real":
+        # the Wan2.1 VAE (8x space, 4x time, 16 channels); weights "" reads $DREAMACTOR_WAN_VAE, else errors
         c.stage1.data.codec.update(name="wan_vae", spatial_factor=8)
     c.stage1.optim = config_lib.optim_section(lr=lr, warmup_steps=20 if tiny else 500,
                                               schedule="cosine" if tiny else "constant", final_lr_fraction=0.1)
