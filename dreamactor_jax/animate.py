@@ -98,14 +98,7 @@ def load_weights(path: str, *, weights: str = "auto", step: int | None = None, d
 
 def reference_image(path: str, height: int, width: int) -> np.ndarray:
     """An image file (PNG, JPG, ...) -> (H, W, 3) float32 in [-1, 1], cover-resized and centre-cropped."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        img = im.convert("RGB")
-    f = video_io.fit(img.height, img.width, height, width)
-    img = img.resize((f.resized_width, f.resized_height), Image.BICUBIC)
-    arr = np.asarray(img)[f.top : f.top + height, f.left : f.left + width]
-    return video_io.to_pixels(arr)
+    return video_io.read_image(path, height, width)
 
 
 def driving_frames(

@@ -28,6 +28,7 @@ import numpy as np
 
 from dreamactor_jax.config_lib import stage_config
 from dreamactor_jax.curriculum import evaluation, synthesis
+from dreamactor_jax.curriculum.presets import check_real_data
 from dreamactor_jax.data import records as records_lib
 from dreamactor_jax.data.components import Components, components
 from dreamactor_jax.diffusion.animator import Animator
@@ -203,17 +204,21 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
         e = config.eval
         scfg = _sampler(e.sampler, config.objective)
         comp = components(stage_config(config, "stage1"))
-        untrained = init_params(comp.model, config.seed)[1]
-        # Every model that exists: untrained always; a stage once its phase is done (``--only=eval`` after
+        records = e.get("source", "procedural") == "records"
+        # Every model that exists: the starting point always (on records, the imported base model the run starts
+        # from when it has one, else an untrained init); a stage once its phase is done (``--only=eval`` after
         # stage 1 compares untrained with stage 1).
         # One Animator (one compiled sampler) for every model: the stages share architecture, codec and sizes.
         anim = _animator(comp, None, scfg)
-        animators = {"untrained": (functools.partial(anim, params=untrained), "pose")}
+        if records and config.stage1.train.get("init_from"):
+            weights = {"base": (checkpoint.restore_item(config.stage1.train.init_from, "params"), "pose")}
+        else:
+            weights = {"untrained": (init_params(comp.model, config.seed)[1], "pose")}
         if _done(workdir, "stage1"):
-            animators["stage1"] = (functools.partial(anim, params=_params(workdir, "stage1", e.weights)), "pose")
+            weights["stage1"] = (_params(workdir, "stage1", e.weights), "pose")
         if _done(workdir, "stage2"):
-            animators["stage2"] = (functools.partial(anim, params=_params(workdir, "stage2", e.weights)), "rgb")
-        if e.get("source", "procedural") == "records":
+            weights["stage2"] = (_params(workdir, "stage2", e.weights), "rgb")
+        if records:
             from dreamactor_jax.curriculum import evaluation_records
 
             clips = evaluation_records.load_clips(_records_source(e.get("records_dir", ""), "eval.records_dir"),
@@ -221,24 +226,18 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
             est = _estimator(e if e.get("pose_model") else config.synthesis, "eval")
             text = None if config.stage1.data.get("text_source", "toy") == "records" else comp.text
             clip = _image_encoder(comp)
-            models = {n: (_pixel_animator(anim, comp.codec, a.keywords["params"], clip), kind)
-                      for n, (a, kind) in animators.items()}
-            if config.stage1.train.get("init_from"):  # the imported base model the run starts from, not a random init
-                models.pop("untrained")
-                base = checkpoint.restore_item(config.stage1.train.init_from, "params")
-                models = {"base": (_pixel_animator(anim, comp.codec, base, clip), "pose"), **models}
+            models = {n: (_pixel_animator(anim, comp.codec, p, clip), kind) for n, (p, kind) in weights.items()}
             table = evaluation_records.evaluate_records(models, clips, est, e.batch_size, pdir, config.seed,
                                                         text_encoder=text)
             summary = evaluation_records.summary(table)
-            summary["seconds"] = round(time.perf_counter() - t0, 1)
-            _mark_done(workdir, phase, summary)
-            return summary
-        pcfg = comp.procedural("test")
-        # Clean and estimated-pose settings plus the copy-reference / background baselines; DONE.json keeps a
-        # short summary, the full table is eval/table.json.
-        table = evaluation.evaluate(animators, pcfg, e.num_pairs, e.batch_size, pdir, config.seed, e.grid_pairs,
-                                    estimator_seed=e.get("estimator_seed", None))
-        summary = evaluation.summary(table)
+        else:
+            animators = {n: (functools.partial(anim, params=p), kind) for n, (p, kind) in weights.items()}
+            pcfg = comp.procedural("test")
+            # Clean and estimated-pose settings plus the copy-reference / background baselines; DONE.json keeps a
+            # short summary, the full table is eval/table.json.
+            table = evaluation.evaluate(animators, pcfg, e.num_pairs, e.batch_size, pdir, config.seed, e.grid_pairs,
+                                        estimator_seed=e.get("estimator_seed", None))
+            summary = evaluation.summary(table)
     else:
         raise ValueError(f"unknown phase {phase!r}; phases are {PHASES}")
     summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -250,8 +249,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, only: str | None = None
     """Runs every phase not yet done (or just ``only``); returns {phase: summary}."""
     if only is not None and only not in PHASES:
         raise ValueError(f"--only={only!r}; choose one of {PHASES}")
-    from dreamactor_jax.curriculum.presets import check_real_data
-
     check_real_data(config)
     check_workdir_config(config, workdir, force)
     if jax.process_index() == 0:

@@ -30,10 +30,6 @@ from dreamactor_jax.eval import metrics
 SETTINGS = ("self_reenactment", "cross_identity")
 
 
-def _as_str(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def load_clips(source: records.RecordSource, codec, num: int) -> list[dict]:
     """The first ``num`` clips as pixels [-1, 1] (target (T,H,W,3), motion, keypoints, caption, text, ids)."""
     if "keypoints" not in source.spec:
@@ -48,7 +44,7 @@ def load_clips(source: records.RecordSource, codec, num: int) -> list[dict]:
         else:
             px = {k: np.clip(np.asarray(codec.decode(np.asarray(r[k], np.float32)[None]))[0], -1, 1)
                   for k in ("target", "motion")}
-        clips.append(dict(px, keypoints=np.asarray(r["keypoints"], np.float32), caption=_as_str(r.get("caption", "")),
+        clips.append(dict(px, keypoints=np.asarray(r["keypoints"], np.float32), caption=r.get("caption", ""),
                           identity_id=int(r.get("identity_id", i)), index=i,
                           text=None if "text" not in r else (np.asarray(r["text"], np.float32),
                                                              np.asarray(r["text_mask"], np.float32))))
@@ -99,8 +95,7 @@ def evaluate_records(animators: dict, clips: list[dict], estimator, batch_size: 
         return out
 
     rows = {s: {} for s in SETTINGS}
-    entries = {name: (anim, kind) for name, (anim, kind) in animators.items()}
-    entries["copy_reference"] = (None, "none")
+    entries = {**animators, "copy_reference": (None, "none")}
     for name, (anim, kind) in entries.items():
         for setting in SETTINGS:
             if anim is None:

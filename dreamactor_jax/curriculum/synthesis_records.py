@@ -33,6 +33,7 @@ import numpy as np
 
 from dreamactor_jax.curriculum.synthesis import run_shards
 from dreamactor_jax.data import records, video_io
+from dreamactor_jax.data.ingest import caption_for
 from dreamactor_jax.data.pipeline import latent_valid
 from dreamactor_jax.data.pose_estimator import estimate_openpose18
 from dreamactor_jax.diffusion.animator import Animator
@@ -42,9 +43,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def load_pool(pool_dir: str, height: int, width: int) -> list[dict]:
-    """The reference pool: [{image (H, W, 3) float32 [-1, 1], caption, path}], sorted by file name."""
-    from PIL import Image
-
+    """The reference pool: [{image (H, W, 3) float32 [-1, 1], caption, path}], sorted by file name (captions as
+    ingestion's: a sidecar ``<stem>.txt``, else the file name)."""
     if not pool_dir or not os.path.isdir(pool_dir):
         raise FileNotFoundError(f"config.synthesis.reference_pool={pool_dir!r} is not a directory of images")
     paths = sorted(p for p in glob.glob(os.path.join(glob.escape(pool_dir), "*"))
@@ -55,22 +55,11 @@ def load_pool(pool_dir: str, height: int, width: int) -> list[dict]:
     pool = []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                img = np.asarray(im.convert("RGB"))
+            img = video_io.read_image(p, height, width)
         except OSError as e:
             raise ValueError(f"reference pool image {p} cannot be read: {e}") from e
-        f = video_io.fit(img.shape[0], img.shape[1], height, width)
-        img = np.asarray(Image.fromarray(img).resize((f.resized_width, f.resized_height), Image.Resampling.BOX))
-        img = img[f.top : f.top + height, f.left : f.left + width]
-        stem = os.path.splitext(p)[0]
-        caption = (open(stem + ".txt").read().strip() if os.path.exists(stem + ".txt")
-                   else " ".join(os.path.basename(stem).replace("-", "_").split("_")))
-        pool.append(dict(image=video_io.to_pixels(img), caption=caption, path=p))
+        pool.append(dict(image=img, caption=caption_for(p), path=p))
     return pool
-
-
-def _as_str(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, source: records.RecordSource,
@@ -99,30 +88,41 @@ def run_synthesis_records(animator: Animator, codec, text_encoder, estimator, so
                          "precompute umT5 text with launch/precompute.py --umt5_dir")
     pixels = source.kind == "pixels"
     num = min(int(scfg.num_clips), len(source))
+    encoded: dict[int, tuple] = {}  # pool index -> (latent (1, h, w, C), CLIP tokens or None): each image once
+
+    def identities(keys: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        new = sorted(set(keys) - set(encoded))
+        if new:  # the batch's not yet encoded pool images, in one call per encoder
+            imgs = np.stack([pool[k]["image"] for k in new])
+            lats = np.asarray(codec.encode(imgs[:, None]), np.float32)
+            toks = [None] * len(new) if image_encoder is None else image_encoder.encode_batch(imgs)
+            encoded.update({k: (lat, tok) for k, lat, tok in zip(new, lats, toks)})
+        lat = np.stack([encoded[k][0] for k in keys])
+        return lat, None if image_encoder is None else np.stack([encoded[k][1] for k in keys])
 
     def make_shard(lo, hi):
         examples, rows = [], []
         for start in range(lo, hi, scfg.batch_size):
             idx = list(range(start, min(start + scfg.batch_size, hi)))
             recs = [source[i] for i in idx]
-            news = [pool[i % len(pool)] for i in idx]
+            keys = [i % len(pool) for i in idx]
+            news = [pool[k] for k in keys]
             lat = {}
             for k in ("target", "reference", "motion"):
                 arr = np.stack([np.asarray(r[k]) for r in recs])
                 lat[k] = (np.asarray(codec.encode(video_io.to_pixels(arr)), np.float32) if pixels
                           else arr.astype(np.float32))
-            new_ref = np.asarray(codec.encode(np.stack([n["image"] for n in news])[:, None]), np.float32)
+            new_ref, image = identities(keys)
             valid = np.stack([latent_valid(r["motion_valid"], codec.temporal_factor) if pixels
                               else np.asarray(r["motion_valid"], np.float32) for r in recs])
             valid[:, : animator.masked] = 0.0
-            caps = [_as_str(r.get("caption", "")) for r in recs]
+            caps = [r.get("caption", "") for r in recs]  # records decode strings as str
             prompts = [f"{n['caption']}, {c}" if c else n["caption"] for n, c in zip(news, caps)]
             if text_from_records:
                 text = np.stack([np.asarray(r["text"], np.float32) for r in recs])
                 tmask = np.stack([np.asarray(r["text_mask"], np.float32) for r in recs])
             else:
                 text, tmask = text_encoder.encode_batch(prompts)
-            image = None if image_encoder is None else image_encoder.encode_batch(np.stack([n["image"] for n in news]))
             out = animator.latents(new_ref, lat["motion"], valid, text, tmask,
                                    jax.random.fold_in(jax.random.key(seed), start), image_bme=image)
             out = np.asarray(out, np.float32)

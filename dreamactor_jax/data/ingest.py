@@ -39,8 +39,8 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from dreamactor_jax.data import keypoints as kp_lib
+from dreamactor_jax.data import pose_estimator, video_io
 from dreamactor_jax.data import records as rec
-from dreamactor_jax.data import video_io
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,8 @@ def estimate_track(video_path: str, estimator, info: video_io.VideoInfo, cfg: In
         for i, frame in enumerate(video_io.iter_frames(video_path)):
             people = np.zeros((0, 18, 3), np.float32)
             if kp_lib.source_frame(k, info.fps, cfg.fps) == i:
-                raw = np.asarray(estimator(frame), np.float32)
-                if raw.size:
-                    fmt = fmt or kp_lib.detect_format(raw.shape[1], f"pose estimator on {video_path}")
-                    people = kp_lib.to_openpose18(raw, fmt)
+                people, found = pose_estimator.frame_openpose18(estimator, frame, f"pose estimator on {video_path}")
+                fmt = fmt or found
             while kp_lib.source_frame(k, info.fps, cfg.fps) <= i:
                 k += 1
             frames[i] = people

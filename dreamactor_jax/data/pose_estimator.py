@@ -249,11 +249,18 @@ class PoseEstimator:
         return kp
 
 
+def frame_openpose18(estimator, frame_hw3: np.ndarray, where: str = "pose estimator"
+                     ) -> tuple[np.ndarray, str | None]:
+    """The people ``estimator`` finds in one uint8 frame, in OpenPose-18 order ((P, 18, 3)), and the layout it
+    returned them in (None when nobody is found). Raises ``KeypointFileError`` (naming ``where``) for an output
+    of no known layout."""
+    raw = np.asarray(estimator(frame_hw3), np.float32)
+    if not raw.size:
+        return np.zeros((0, 18, 3), np.float32), None
+    fmt = kp_lib.detect_format(raw.shape[1], where)
+    return kp_lib.to_openpose18(raw, fmt), fmt
+
+
 def estimate_openpose18(estimator, video_thw3: np.ndarray) -> list[np.ndarray]:
     """Per frame of a [-1, 1] video, the people ``estimator`` finds, in OpenPose-18 order: [(P, 18, 3)]."""
-    out = []
-    for frame in video_io.to_uint8(video_thw3):
-        raw = np.asarray(estimator(frame), np.float32)
-        out.append(kp_lib.to_openpose18(raw, kp_lib.detect_format(raw.shape[1], "pose estimator"))
-                   if raw.size else np.zeros((0, 18, 3), np.float32))
-    return out
+    return [frame_openpose18(estimator, frame)[0] for frame in video_io.to_uint8(video_thw3)]

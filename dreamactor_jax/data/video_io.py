@@ -134,6 +134,18 @@ def read_video(path: str, height: int | None = None, width: int | None = None, m
     return np.stack(out)
 
 
+def read_image(path: str, height: int, width: int) -> np.ndarray:
+    """An image file (PNG, JPG, ...) -> (H, W, 3) float32 in [-1, 1], cover-resized (bicubic) and centre-cropped."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    f = fit(img.height, img.width, height, width)
+    img = img.resize((f.resized_width, f.resized_height), Image.BICUBIC)
+    arr = np.asarray(img)[f.top : f.top + height, f.left : f.left + width]
+    return to_pixels(arr)
+
+
 def write_video(path: str, frames_thw3: np.ndarray, fps: float = 8.0, crf: int = 18) -> None:
     """Writes (T, H, W, 3) uint8 frames as H.264 (yuv420p: even H and W) into an mp4/mkv container."""
     av = _av()
