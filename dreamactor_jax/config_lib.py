@@ -101,6 +101,15 @@ def mesh_section(**sizes) -> ml_collections.ConfigDict:
     m.rules = ()  # logical-axis rules as [[logical, mesh_axes], ...]; empty = parallel.rules.DEFAULT_RULES
     m.max_replicated_bytes = 64 * 2**20  # fail when fsdp > 1 and more param bytes than this are not fsdp-sharded
     m.log_shardings = False  # print the per-parameter sharding table at start
+    # Opt-in to a batch (or token count) that does not divide over its mesh axes: the rules then replicate the
+    # activations over the leftover devices (the residual stream computed N times). Off: that is an error.
+    m.allow_replicated_activations = False
+    # Of each axis' size, the factor that runs across TPU slices / hosts over DCN (parallel/mesh.py); the
+    # product is the number of slices (hosts where there is one slice). Multi-slice: dcn_data = slices.
+    m.dcn_data = 1
+    m.dcn_fsdp = 1
+    m.dcn_tensor = 1
+    m.dcn_sequence = 1
     m.update(sizes)
     return m
 
@@ -225,7 +234,7 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
     c.data = s.data
     c.optim = s.optim
     c.train = s.train
-    return ml_collections.ConfigDict(c.to_dict())
+    return ml_collections.ConfigDict(c.to_dict(preserve_field_references=True))  # typed placeholders stay overridable
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
