@@ -119,6 +119,71 @@ def test_two_processes_match_one_process(repo_root, tmp_path):
         np.testing.assert_allclose(got_leaves[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
 
 
+# A sequence group that spans both processes: mesh tensor=2 x sequence=4, of which dcn_sequence=2 runs across the
+# two processes (parallel/mesh.py). Both processes' devices hold every row, so each builds the whole batch (1 or 2
+# rows) and the pair trains exactly like one process of 8 devices with the same mesh.
+SPANNING = ["--config.mesh.tensor=2", "--config.mesh.sequence=4", "--config.model.sequence_parallel=ring"]
+
+SPAN_PROBE = textwrap.dedent("""
+    import sys, jax, numpy as np
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]),
+                               initialization_timeout=30)
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from dreamactor_jax.parallel import feeding, mesh
+    m = mesh.make_mesh(dict(tensor=2, sequence=4, dcn_sequence=2))
+    groups = [sorted({d.process_index for d in m.devices[0, 0, t, :]}) for t in range(2)]
+    sharding = NamedSharding(m, P(("data", "fsdp")))
+    for batch in (1, 2):
+        block = feeding.row_block(sharding, batch)
+        rows = np.arange(batch, dtype=np.float32)[block.start:block.stop]
+        arr = feeding.global_batch({"x": rows}, {"x": sharding}, block)["x"]
+        got = [np.asarray(s.data).tolist() for s in arr.addressable_shards]
+        print("BLOCK", batch, block.index, block.count, block.size, got)
+    print("GROUPS", groups)
+""")
+
+
+def test_sequence_group_spanning_processes_matches_one_process(repo_root, tmp_path):
+    _skip_unless_distributed_works(repo_root)
+    port = _free_port()
+    probe = [subprocess.Popen([sys.executable, "-c", SPAN_PROBE, f"localhost:{port}", str(i)], cwd=repo_root,
+                              env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    for p, out in zip(probe, _communicate_all(probe, 120)):
+        assert p.returncode == 0, out[-3000:]
+        assert "GROUPS [[0, 1], [0, 1]]" in out, out[-2000:]  # every sequence group holds devices of both
+        assert "BLOCK 1 0 1 1 [[0.0], [0.0], [0.0], [0.0]]" in out, out[-2000:]  # both build row 0
+        assert "BLOCK 2 0 1 2 [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]" in out, out[-2000:]
+
+    def launch(cmd, devices):
+        return subprocess.Popen(cmd, cwd=repo_root, env=_env(devices), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    for batch in (1, 2):
+        train = [sys.executable, "launch/train.py", *ARGS[:1], *ARGS[3:], *SPANNING,
+                 f"--config.data.batch_size={batch}"]
+        single, multi = tmp_path / f"single{batch}", tmp_path / f"multi{batch}"
+        port = _free_port()
+        procs = [launch([*train, f"--workdir={single}"], 8)] + [
+            launch([*train, "--config.mesh.dcn_sequence=2", f"--workdir={multi}",
+                    f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"], 4)
+            for i in range(2)]
+        outs = _communicate_all(procs, TIMEOUT_S)
+        for name, p, out in zip(("single", "process 0", "process 1"), procs, outs):
+            assert p.returncode == 0, f"batch {batch}, {name} failed:\n{out[-4000:]}"
+        assert "mesh: {'data': 1, 'fsdp': 1, 'tensor': 2, 'sequence': 4}" in outs[1], outs[1][-2000:]
+        for key in ("loss", "grad_norm"):
+            np.testing.assert_allclose(_read_metric(multi, key), _read_metric(single, key), rtol=1e-5,
+                                       err_msg=f"batch {batch} {key}")
+
+
+def _read_metric(workdir, key) -> list[float]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == [1, 2, 3], rows
+    return [r[key] for r in rows]
+
+
 # Synthesis over two processes: process 0's shards all pass, process 1's all fail. Both report the pair's totals
 # (so neither raises "accepted none" on its own), and the run's sums count every process's shards.
 SYNTHESIS = textwrap.dedent("""

@@ -83,6 +83,7 @@ def test_restore_onto_a_different_mesh(tmp_path, repo_root):
     c8 = _config(repo_root)
     c8.optim.ema_decay = 0.5
     c8.mesh.update(data=1, fsdp=8)
+    c8.data.batch_size = 8  # one example per fsdp shard (a smaller batch would replicate the activations)
     s8 = loop.prepare(c8)
     state8, _, _ = loop.initial_state(c8, s8, loop.StartPlan("scratch"), log=lambda m: None)
     kern8 = state8.params["blocks"]["ffn"]["net_0"]["proj"]["kernel"]
@@ -96,6 +97,7 @@ def test_restore_onto_a_different_mesh(tmp_path, repo_root):
     c4 = _config(repo_root)
     c4.optim.ema_decay = 0.5
     c4.mesh.update(data=2, fsdp=2)
+    c4.data.batch_size = 8
     s4 = loop.prepare(c4)
     assert s4.mesh.devices.size == 4
     state4, start, _ = loop.initial_state(c4, s4, loop.resolve_start(str(ckpt)), log=lambda m: None)
@@ -194,8 +196,8 @@ _POISON = textwrap.dedent("""
     import numpy as np
     from dreamactor_jax.data import sources
     make = sources.make_source
-    def poisoned_source(config, text_dim):
-        src = make(config, text_dim)
+    def poisoned_source(config, text_dim, shard=None):
+        src = make(config, text_dim, shard)
         def batch(i):
             b = src(i)
             return dict(b, target=b["target"] * np.float32("nan")) if i == {index} else b

@@ -29,6 +29,17 @@ SMALL_REAL = dict(model=dict(in_channels=2 * 16 + 4, out_channels=16, text_dim=4
 VARIANTS = ("full", "lora")
 CLUSTERS = ("v5p", "h100")
 RESOLUTIONS = {"480p": (60, 104), "720p": (90, 160)}
+# The slice each wan14b preset is sized for, as (name, devices): the global batch divides over the mesh's batch
+# axes there (no replicated activations; tests/test_curriculum.py builds each one). On a smaller slice of the
+# same kind the batch still divides; on a larger one, scale config.stageN.data.batch_size with it.
+DOCUMENTED_SLICES = {
+    ("v5p", "480p"): ("v5p-16 (v5p:2x2x2)", 8),  # fsdp=8, one clip per chip
+    ("v5p", "720p"): ("v5p-128 (v5p:4x4x4)", 64),  # fsdp=16 x sequence=4: one clip per 4 chips
+    ("h100", "480p"): ("4 nodes of 8 H100", 32),  # data=4 x fsdp=8 (2 nodes: data=2)
+    ("h100", "720p"): ("4 nodes of 8 H100", 32),
+}
+# The global batch of each (cluster, resolution): one clip per batch shard on the documented slice.
+BATCH = {("v5p", "480p"): 8, ("v5p", "720p"): 16, ("h100", "480p"): 32, ("h100", "720p"): 32}
 
 # The tiny curriculum's model: the 'tiny' preset (2 layers, head dim 32) four heads wide. The residual stream
 # must carry a token's noise (2x2 latent pixels x C channels) for the velocity target besides what attention
@@ -113,7 +124,7 @@ def curriculum_config(scale: str = "tiny", variant: str = "full", cluster: str =
         c.mesh = (config_lib.mesh_section(data=1, fsdp=-1, sequence=1 if resolution == "480p" else 4)
                   if cluster == "v5p" else config_lib.mesh_section(data=-1, fsdp=8))
     data = dict(frames=5 if tiny else 21, height=h, width=w, text_len=8 if tiny else 512,
-                motion_masked_frames=1 if tiny else 4, batch_size=4 if tiny else 8,
+                motion_masked_frames=1 if tiny else 4, batch_size=4 if tiny else BATCH[cluster, resolution],
                 source="records" if real else "procedural", channels=TINY_CHANNELS if tiny else 16,
                 text_source="records" if real else "toy")
     if scale == "small_real":

@@ -239,9 +239,12 @@ def expected_latent_shape(source: rec.RecordSource, codec=None) -> tuple[int, in
 
 
 def config_dataset(config, text_dim: int, *, codec, text: TextEncoder | None = None,
-                   split: str | None = None, image_dim: int | None = None) -> grain.MapDataset:
+                   split: str | None = None, image_dim: int | None = None,
+                   shard: tuple[int, int] | None = None) -> grain.MapDataset:
     """The ``records`` training source: ``config.data.records_dir`` -> batches of ``data/schema.py``.
 
+    ``shard``: (index, count) of the row block this process builds (``parallel/feeding.py``); default
+    (process index, process count). Processes with the same block read the same records.
     Checks that the records' latents and stored text fit the model config (clear error otherwise).
     Training shuffles and repeats forever; other splits make one ordered pass.
     """
@@ -286,12 +289,15 @@ def config_dataset(config, text_dim: int, *, codec, text: TextEncoder | None = N
     else:
         text = None
     transform = ToTraining(codec, text, d.motion_masked_frames, image=bool(image_dim))
+    index, count = shard if shard is not None else (None, None)
     return records_dataset(source, batch_size=d.batch_size, seed=config.seed, shuffle=train, transform=transform,
-                           num_epochs=None if train else 1, augment=augment)
+                           num_epochs=None if train else 1, augment=augment, process_index=index,
+                           process_count=count)
 
 
 def make_records_source(config, text_dim: int, *, codec, text: TextEncoder | None = None,
-                        image_dim: int | None = None) -> Callable[[int], dict]:
+                        image_dim: int | None = None, shard: tuple[int, int] | None = None
+                        ) -> Callable[[int], dict]:
     """``source(step) -> host batch`` for ``config.data.source == 'records'`` (see ``data/sources.py``)."""
-    ds = config_dataset(config, text_dim, codec=codec, text=text, image_dim=image_dim)
+    ds = config_dataset(config, text_dim, codec=codec, text=text, image_dim=image_dim, shard=shard)
     return lambda step: ds[step]

@@ -3,8 +3,10 @@
 Every source is random access by step: batch ``i`` is a pure function of
 (config, i), so a resumed run sees exactly the batches an uninterrupted run
 would, and the "iterator state" is the step number saved with the checkpoint.
-Per-process sharding: with several processes each builds only its
-``1/process_count`` slice of the global batch (consecutive examples).
+Per-process sharding: with several processes each builds only its block of rows of the global batch
+(consecutive examples): block ``index`` of ``count`` equal blocks, from the mesh
+(``parallel/feeding.py``; processes whose devices hold the same rows build the same block), by default the
+``1/process_count`` slice in process order.
 
 Sources (``config.data.source``):
   synthetic   the copy task of :mod:`dreamactor_jax.data.synthetic` (no files)
@@ -87,31 +89,40 @@ def procedural_dataset(config: ml_collections.ConfigDict, text_dim: int, *, spli
     return ds.repeat(None) if split == "train" else ds
 
 
-def make_source(config: ml_collections.ConfigDict, text_dim: int) -> Callable[[int], dict]:
-    """``source(step) -> host batch`` for ``config.data.source``."""
+def make_source(config: ml_collections.ConfigDict, text_dim: int, shard: tuple[int, int] | None = None
+                ) -> Callable[[int], dict]:
+    """``source(step) -> host batch`` for ``config.data.source``.
+
+    ``shard``: (index, count): build rows block ``index`` of ``count`` of each global batch (the loop's
+    ``feeding.row_block``); default (process index, process count).
+    """
     d = config.data
+    index, count = shard if shard is not None else (jax.process_index(), jax.process_count())
     if d.source == "synthetic":
         return functools.partial(synthetic.synthetic_batch, config.seed, batch=d.batch_size, frames=d.frames,
                                  height=d.height, width=d.width, channels=d.channels, text_len=d.text_len,
                                  text_dim=text_dim, masked_frames=d.motion_masked_frames,
-                                 process_index=jax.process_index(), process_count=jax.process_count())
+                                 process_index=index, process_count=count)
     if d.source == "procedural":
-        ds = procedural_dataset(config, text_dim)
+        ds = procedural_dataset(config, text_dim, process_index=index, process_count=count)
         return lambda step: ds[step]
     if d.source == "records":
         # Checks the records against the config (latent T/H/W/C, stored text shape).
         comp = components(config)
         toy = comp.text_for(text_dim) if d.get("text_source", "toy") == "toy" else None
         img = comp.model.image_dim  # an I2V model reads the records' CLIP image tokens
-        main = pipeline.make_records_source(config, text_dim, codec=comp.codec, text=toy, image_dim=img)
+        main = pipeline.make_records_source(config, text_dim, codec=comp.codec, text=toy, image_dim=img,
+                                            shard=(index, count))
         if d.pose_mix <= 0:
             return main
         if d.get("pose_mix_records"):  # the run's stage-1 records (pose-driven), checked like the main records
             pose_cfg = ml_collections.ConfigDict(config.to_dict())
             pose_cfg.data.update(records_dir=d.pose_mix_records, pose_mix=0.0, stage=1)
-            pose = pipeline.make_records_source(pose_cfg, text_dim, codec=comp.codec, text=toy, image_dim=img)
+            pose = pipeline.make_records_source(pose_cfg, text_dim, codec=comp.codec, text=toy, image_dim=img,
+                                                shard=(index, count))
         else:
-            pose = procedural_dataset(config, text_dim, split="train", stage=1).__getitem__
+            pose = procedural_dataset(config, text_dim, split="train", stage=1, process_index=index,
+                                      process_count=count).__getitem__
         return lambda step: pose(step) if _mix_draw(config.seed, step) < d.pose_mix else main(step)
     raise ValueError(f"config.data.source={d.source!r} is unknown; available: {SOURCES}")
 

@@ -364,3 +364,52 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: Rules | N
     if used and all(mesh.axis_types[mesh.axis_names.index(a)] == AxisType.Explicit for a in used):
         return jax.sharding.reshard(x, spec)
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+class ReplicatedActivationsError(ValueError):
+    """The batch or the token count does not divide over its mesh axes, so activations would be replicated."""
+
+
+def check_activations(batch_size: int, tokens: int, mesh: Any, rules: Rules | None = None, *,
+                      width: int = 1 << 20, allow: bool = False, exempt: Sequence[str] = ("tensor",)) -> int:
+    """Fails when the residual stream ``(batch, tokens, width)`` would be computed on several devices at once.
+
+    The rules replicate a dimension that does not divide (see the module docstring). For parameters that is
+    bounded by :func:`check_replicated_bytes`; for activations it means every block runs N times over: a batch
+    of 8 on fsdp=64 leaves all 64 chips holding the whole batch. Every mesh axis of size > 1 must shard one
+    of the stream's dimensions, except ``exempt`` ones (tensor parallelism keeps the residual stream whole
+    between blocks by design).
+
+    Returns:
+      The replication factor (1 when every axis shards something).
+
+    Raises:
+      ReplicatedActivationsError: naming the batch size, the mesh and the fix, unless ``allow``.
+    """
+    rules = current_rules() if rules is None else rules
+    sizes = _axis_sizes(mesh) or {}
+    spec = logical_to_spec(("act_batch", "act_tokens", "act_embed"), rules, mesh=sizes,
+                           shape=(batch_size, tokens, width))
+    used = {a for e in spec if e is not None for a in ((e,) if isinstance(e, str) else e)}
+    idle = {a: s for a, s in sizes.items() if s > 1 and a not in used and a not in exempt}
+    factor = math.prod(idle.values())
+    if factor == 1 or allow:
+        return factor
+    hints = []
+    batch_axes = [a for a in _candidates("act_batch", rules)[0] if sizes.get(a, 1) > 1]
+    per = math.prod(sizes[a] for a in batch_axes)
+    if batch_axes and batch_size % per:
+        hints.append(f"config.data.batch_size={batch_size} is not a multiple of {' x '.join(batch_axes)} = {per}: "
+                     f"use a batch of {per * max(1, -(-batch_size // per))} (or any multiple of {per}), or move "
+                     f"devices from {'/'.join(batch_axes)} to mesh.sequence or mesh.tensor")
+    token_axes = [a for a in _candidates("act_tokens", rules)[0] if sizes.get(a, 1) > 1]
+    per_t = math.prod(sizes[a] for a in token_axes)
+    if token_axes and tokens % per_t:
+        hints.append(f"the {tokens} tokens per example do not divide over {' x '.join(token_axes)} = {per_t}: "
+                     "change the frames/resolution or mesh.sequence")
+    if not hints:
+        hints.append(f"no rule shards the residual stream over {sorted(idle)}")
+    raise ReplicatedActivationsError(
+        f"the residual stream (batch {batch_size}, {tokens} tokens) would be replicated {factor}x: mesh axes "
+        f"{idle} shard none of its dimensions on mesh {sizes}. " + "; ".join(hints) +
+        ". To accept the replication, set config.mesh.allow_replicated_activations=True.")

@@ -27,7 +27,7 @@ import ml_collections
 from dreamactor_jax.models.build import model_config
 from dreamactor_jax.parallel import mesh as mesh_lib
 from dreamactor_jax.parallel import rules as rules_lib
-from dreamactor_jax.train import abstract, flops
+from dreamactor_jax.train import abstract, flops, guards, loop
 from dreamactor_jax.train import shard as shard_lib
 
 # Per-chip HBM bytes and dense bf16 peak FLOP/s of TPU generations, in the units of Cloud TPU's spec pages:
@@ -73,10 +73,12 @@ def compile_step(config: ml_collections.ConfigDict, devices: list[Any]):
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     mcfg, graphdef, state, batch, step = abstract.abstract_run(config, platform=devices[0].platform)
     plan = shard_lib.plan(mcfg, mesh, state, batch, rules=shard_lib.config_rules(config))
+    loop.check_activations(config, mcfg, mesh, plan.rules)
     key = jax.eval_shape(lambda: jax.random.key(0))
     with jax.set_mesh(mesh), rules_lib.use_rules(plan.rules):
-        jitted = jax.jit(step, in_shardings=(plan.state, plan.batch, None), out_shardings=(plan.state, None),
-                         donate_argnums=0)
+        # Exactly the loop's step: gated on a non-finite loss or gradient norm (train/loop.py).
+        jitted = jax.jit(guards.gate_nonfinite(step), in_shardings=(plan.state, plan.batch, None),
+                         out_shardings=(plan.state, None), donate_argnums=0)
         lowered = jitted.lower(state, batch, key)
         try:
             compiled = lowered.compile()

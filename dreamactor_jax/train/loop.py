@@ -27,7 +27,7 @@ from dreamactor_jax.data import records, schema, sources
 from dreamactor_jax.models import lora
 from dreamactor_jax.models.build import count_params, init_params, model_config
 from dreamactor_jax.models.config import WanConfig
-from dreamactor_jax.parallel import distributed, rules
+from dreamactor_jax.parallel import distributed, feeding, rules
 from dreamactor_jax.parallel.mesh import make_mesh
 from dreamactor_jax.train import abstract, checkpoint, compile_cache, flops, guards, observe, optim, shard
 from dreamactor_jax.train import state as state_lib
@@ -111,8 +111,22 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     if config.mesh.log_shardings and jax.process_index() == 0:
         print(rules.sharding_table(abs_state.params, sp.params), flush=True)
     rules.check_replicated_bytes(abs_state.params, sp.params, mesh, int(config.mesh.max_replicated_bytes))
+    check_activations(config, mcfg, mesh, sp.rules)
     tx, sched = optim.make_optimizer(config.optim, config.train.steps)
     return Setup(mcfg, mesh, graphdef, abs_state, abs_batch, sp, tx, sched, step)
+
+
+def canvas_tokens(config: ml_collections.ConfigDict, mcfg: WanConfig) -> int:
+    """Tokens per example of the double-width canvas (frames x height x 2 width over the patch)."""
+    d = config.data
+    return d.frames * d.height * 2 * d.width // math.prod(mcfg.patch_size)
+
+
+def check_activations(config: ml_collections.ConfigDict, mcfg: WanConfig, mesh, rule_set) -> int:
+    """:func:`rules.check_activations` for a run: the batch and canvas must divide over the mesh."""
+    allow = bool(config.mesh.get("allow_replicated_activations", False))
+    return rules.check_activations(int(config.data.batch_size), canvas_tokens(config, mcfg), mesh, rule_set,
+                                   width=mcfg.inner_dim, allow=allow)
 
 
 def _all_finite(tree) -> bool:
@@ -192,14 +206,14 @@ def _prng_impl() -> str:
     return str(jax.config.jax_default_prng_impl)
 
 
-def put_batch(host: dict, shardings: dict) -> dict:
-    """Host batch -> global arrays. Multi-host: each process passes its own slice of the global batch."""
-    if jax.process_count() == 1:
-        return jax.device_put(host, shardings)
-    n = jax.process_count()
-    # The global shape is stated, not inferred, so a process handing over the wrong amount fails loudly.
-    return {k: jax.make_array_from_process_local_data(shardings[k], v, (v.shape[0] * n, *v.shape[1:]))
-            for k, v in host.items()}
+def row_block(config: ml_collections.ConfigDict, sp: shard.ShardingPlan) -> feeding.RowBlock:
+    """The rows of each global batch this process builds (``parallel/feeding.py``): its devices' rows."""
+    return feeding.row_block(sp.batch["target"], int(config.data.batch_size))
+
+
+def put_batch(host: dict, shardings: dict, block: feeding.RowBlock) -> dict:
+    """Host batch (this process's ``block`` of rows) -> global arrays sharded per ``shardings``."""
+    return feeding.global_batch(host, shardings, block)
 
 
 class _Saver:
@@ -312,14 +326,14 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
     say(f"model: {config.model.preset} params: {count_params(setup.abstract_state.params)} mesh: {dict(mesh.shape)}")
     d = config.data
     records.reset_skip_stats()  # this run's counts (a curriculum runs several stages in one process)
-    source = sources.Prefetcher(sources.make_source(config, mcfg.text_dim), depth=int(d.get("prefetch", 2)),
-                                 limit=int(t.steps))
-    # Each process holds its own slice of the global batch.
-    expected = schema.batch_shapes(d.batch_size // jax.process_count(), d.frames, d.height, d.width, d.channels,
+    block = row_block(config, sp)  # the rows this process's devices hold (shared where groups span hosts)
+    source = sources.Prefetcher(sources.make_source(config, mcfg.text_dim, shard=(block.index, block.count)),
+                                depth=int(d.get("prefetch", 2)), limit=int(t.steps))
+    expected = schema.batch_shapes(block.size, d.frames, d.height, d.width, d.channels,
                                    d.text_len, mcfg.text_dim, schema.image_tokens_for(d, mcfg.image_dim),
                                    mcfg.image_dim)
     key = jax.random.key(config.seed)
-    tokens = d.batch_size * d.frames * d.height * 2 * d.width // math.prod(mcfg.patch_size)
+    tokens = d.batch_size * canvas_tokens(config, mcfg)
     run_config = json.loads(config.to_json_best_effort())
     step_flops = flops.forward_flops(mcfg, batch=d.batch_size, frames=d.frames, height=d.height, width=2 * d.width,
                                      text_len=d.text_len,
@@ -399,7 +413,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
                 profiler.before(i + 1)
                 host = source.get(i)  # batch i is a pure function of (config, i): resuming sees the same batches
                 schema.validate_batch(host, expected)
-                state, metrics = step_fn(state, put_batch(host, sp.batch), jax.random.fold_in(key, i))
+                state, metrics = step_fn(state, put_batch(host, sp.batch, block), jax.random.fold_in(key, i))
                 if pending is not None:
                     finish(*pending)  # fetches step i-1's metrics while step i runs
                 done, pending = i + 1, (i + 1, metrics)
