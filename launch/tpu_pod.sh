@@ -22,12 +22,19 @@
 #   --remote_dir=~/dreamactor_jax  --python=python3.11 (setup)  --spot (create)
 #   --cluster=$XPK_CLUSTER  --docker_image=$DOCKER_IMAGE  --num_slices=1 (xpk)
 #   --dry_run: print the exact commands (one per line, shell-quoted) and run nothing
+#
+# run and xpk export, on every host, LIBTPU_INIT_ARGS = the recommended flags of launch/perf_flags.sh (one line,
+# each flag explained there; multi-slice ones when --num_slices > 1) followed by your own $LIBTPU_INIT_ARGS, and
+# DREAMACTOR_COMPILATION_CACHE = $DREAMACTOR_COMPILATION_CACHE or WORKDIR/xla_cache (a restart after a preemption
+# loads the compiled step instead of recompiling it). DREAMACTOR_PERF_FLAGS=0 leaves LIBTPU_INIT_ARGS as it is.
 set -euo pipefail
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=launch/perf_flags.sh
+source "$REPO/launch/perf_flags.sh"
 [[ $# -ge 1 ]] || { usage >&2; exit 2; }
 COMMAND="$1"
 shift
@@ -99,6 +106,16 @@ launcher() {
   show python "launch/$ENTRY.py" "--config=$CONFIG" "--workdir=$WORKDIR" "${EXTRA[@]}"
 }
 
+# The performance environment every host gets (see the header), as a remote-shell 'export ...' statement.
+perf_env() {
+  local args="${LIBTPU_INIT_ARGS:-}" extra=(offload)
+  (( NUM_SLICES > 1 )) && extra+=(multislice)
+  if [[ "${DREAMACTOR_PERF_FLAGS:-1}" != 0 ]]; then
+    args="$(dreamactor_tpu_args "${extra[@]}")${args:+ $args}"
+  fi
+  show export "LIBTPU_INIT_ARGS=$args" "DREAMACTOR_COMPILATION_CACHE=$(dreamactor_cache_dir "$WORKDIR")"
+}
+
 case "$COMMAND" in
   create)
     args=("${TPU[@]}" create "$NAME" "${GCLOUD_WHERE[@]}" "--accelerator-type=$ACCELERATOR_TYPE"
@@ -122,7 +139,8 @@ case "$COMMAND" in
     [[ -n "$NUM_HOSTS" ]] && hosts="$NUM_HOSTS"
     remote="cd $REMOTE_DIR && . .venv/bin/activate && export DREAMACTOR_NUM_PROCESSES=$hosts \
 DREAMACTOR_PROCESS_ID=\$($md/agent-worker-number) \
-DREAMACTOR_COORDINATOR=\$($md/worker-network-endpoints | cut -d, -f1 | awk -F: '{print \$NF}'):$PORT && $(launcher)"
+DREAMACTOR_COORDINATOR=\$($md/worker-network-endpoints | cut -d, -f1 | awk -F: '{print \$NF}'):$PORT && $(perf_env) \
+&& $(launcher)"
     run "${TPU[@]}" ssh "$NAME" "${GCLOUD_WHERE[@]}" --worker=all "--command=$remote"
     ;;
   delete)
@@ -134,6 +152,6 @@ DREAMACTOR_COORDINATOR=\$($md/worker-network-endpoints | cut -d, -f1 | awk -F: '
     args=(xpk workload create "--cluster=$CLUSTER" "--workload=$NAME" "--tpu-type=$ACCELERATOR_TYPE"
           "--num-slices=$NUM_SLICES" "--docker-image=$DOCKER_IMAGE" "--zone=$ZONE")
     [[ -n "$PROJECT" ]] && args+=("--project=$PROJECT")
-    run "${args[@]}" "--command=$(launcher)"
+    run "${args[@]}" "--command=$(perf_env) && $(launcher)"
     ;;
 esac

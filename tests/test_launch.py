@@ -16,7 +16,10 @@ CONFIG = "configs/curriculum.py:tiny"
 
 
 def _script(repo_root, name, *args, env=None, check=True):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "DREAMACTOR_", "TPU_"))}
+    # The scripts read these (the user's own settings): the test's values are its own, not the runner's.
+    own = ("SLURM_", "DREAMACTOR_", "TPU_", "NCCL_", "XLA_FLAGS", "LIBTPU_INIT_ARGS", "CUDA_DEVICE_MAX_CONNECTIONS",
+           "XLA_PYTHON_CLIENT_MEM_FRACTION")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(own)}
     out = subprocess.run(
         ["bash", str(repo_root / "launch" / name), *args],
         cwd=repo_root,
@@ -133,9 +136,11 @@ def test_tpu_pod_dry_run_two_hosts(repo_root, tmp_path):
     )
     _fake_bin(
         tmp_path, "python", 'echo "$DREAMACTOR_COORDINATOR $DREAMACTOR_NUM_PROCESSES $DREAMACTOR_PROCESS_ID $*"\n'
+        f'printf "%s\\n%s" "$LIBTPU_INIT_ARGS" "$DREAMACTOR_COMPILATION_CACHE" > {tmp_path}/perf_env\n'
     )
     for num_hosts in ("--num_hosts=2", None):  # explicit, or counted from the metadata server
-        (run,) = _commands(_script(repo_root, "tpu_pod.sh", "run", *common, *([num_hosts] if num_hosts else [])).stdout)
+        (run,) = _commands(_script(repo_root, "tpu_pod.sh", "run", *common, *([num_hosts] if num_hosts else []),
+                                   env={"LIBTPU_INIT_ARGS": "--user_flag=1"}).stdout)
         got = subprocess.run(
             ["bash", "-c", run[-1].removeprefix("--command=")],
             capture_output=True,
@@ -154,13 +159,24 @@ def test_tpu_pod_dry_run_two_hosts(repo_root, tmp_path):
             }
         )
         assert plan == distributed.InitPlan("env", "10.0.0.7:8476", 2, 1)
+        # One line of flags (libtpu stops at a literal backslash), ours first, the user's own after them.
+        libtpu_args, cache = (tmp_path / "perf_env").read_text().split("\n")
+        assert libtpu_args.split() == _perf_flags(repo_root, "tpu") + ["--user_flag=1"] and "\\" not in libtpu_args
+        assert cache == "/mnt/shared/run/xla_cache"
 
     (xpk,) = _commands(_script(repo_root, "tpu_pod.sh", "xpk", *common, "--cluster=c1", "--docker_image=img").stdout)
     assert xpk[:3] == ["xpk", "workload", "create"] and "--tpu-type=v5p-16" in xpk and "--cluster=c1" in xpk
-    assert xpk[-1] == (
-        f"--command=python launch/curriculum.py --config={CONFIG} --workdir=/mnt/shared/run "
+    assert xpk[-1].startswith("--command=export LIBTPU_INIT_ARGS=") and xpk[-1].endswith(
+        f" && python launch/curriculum.py --config={CONFIG} --workdir=/mnt/shared/run "
         "--config.stage1.train.steps=10"
     )
+    assert "megascale" not in xpk[-1]  # one slice
+    (xpk2,) = _commands(_script(repo_root, "tpu_pod.sh", "xpk", *common, "--cluster=c1", "--docker_image=img",
+                                "--num_slices=2").stdout)
+    assert "--megascale_grpc_premap_memory_bytes" in xpk2[-1] and "--num-slices=2" in xpk2
+    off = _commands(_script(repo_root, "tpu_pod.sh", "xpk", *common, "--cluster=c1", "--docker_image=img",
+                            env={"DREAMACTOR_PERF_FLAGS": "0"}).stdout)[0]
+    assert "--xla_tpu" not in off[-1] and "DREAMACTOR_COMPILATION_CACHE=/mnt/shared/run/xla_cache" in off[-1]
     # GKE sets TPU_WORKER_HOSTNAMES / TPU_WORKER_ID: detected as a TPU slice, JAX fills in the rest.
     assert distributed.resolve(environ={"TPU_WORKER_HOSTNAMES": "a,b", "TPU_WORKER_ID": "1"}).source == "tpu"
     missing = _script(repo_root, "tpu_pod.sh", "run", "--dry_run", check=False)
@@ -189,6 +205,11 @@ def test_slurm_dry_run_two_nodes(repo_root, tmp_path):
         env=env,
     )
     assert _commands(out.stdout) == [
+        ["export", "XLA_FLAGS=" + " ".join(_perf_flags(repo_root, "gpu"))],
+        ["export", "CUDA_DEVICE_MAX_CONNECTIONS=1"],
+        ["export", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.90"],
+        ["export", "NCCL_PROTO=SIMPLE,LL,LL128"],
+        ["export", "DREAMACTOR_COMPILATION_CACHE=/shared/run/xla_cache"],
         ["export", "DREAMACTOR_COORDINATOR=gpu-01:8476"],
         [
             "srun",
@@ -211,9 +232,53 @@ def test_slurm_dry_run_two_nodes(repo_root, tmp_path):
         "--workdir=/w",
         env={**env, "SLURM_NTASKS": "1", "SLURM_NNODES": "1"},
     )
-    assert [c[0] for c in _commands(single.stdout)] == ["srun"]  # one task: no coordinator
+    assert [c[0] for c in _commands(single.stdout)] == ["export"] * 5 + ["srun"]  # one task: no coordinator
+    mine = _commands(_script(repo_root, "gpu_slurm.sbatch", "--dry_run", "--workdir=/w",
+                             env={**env, "XLA_FLAGS": "--mine=1", "NCCL_PROTO": "Simple"}).stdout)
+    assert mine[0][1].endswith(" --mine=1") and ["export", "NCCL_PROTO=SIMPLE,LL,LL128"] not in mine
     outside = _script(repo_root, "gpu_slurm.sbatch", "--dry_run", "--workdir=/w", check=False)
     assert outside.returncode == 2 and "sbatch" in outside.stderr
+
+
+def _perf_flags(repo_root, which: str) -> list[str]:
+    """launch/perf_flags.sh's flags: 'tpu' (with the offload ones, as tpu_pod.sh uses them) or 'gpu'."""
+    call = "dreamactor_tpu_args offload" if which == "tpu" else "dreamactor_gpu_flags"
+    out = subprocess.run(["bash", "-c", f"source launch/perf_flags.sh && {call}"], cwd=repo_root,
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+_TPU_FLAG_PROBE = """
+import os, sys
+os.environ["LIBTPU_INIT_ARGS"] = sys.argv[1]
+from dreamactor_jax.train import aot
+print("devices", len(aot.topology_devices("v5p:2x2x1")))
+"""
+
+
+def test_perf_flags_are_known_to_the_installed_xla_and_libtpu(repo_root):
+    """An unknown flag aborts XLA at start: every recommended flag must parse with the pinned jaxlib / libtpu."""
+    pytest.importorskip("libtpu")
+    tpu = subprocess.run(["bash", "-c", "source launch/perf_flags.sh && dreamactor_tpu_args offload multislice"],
+                         cwd=repo_root, capture_output=True, text=True, check=True).stdout.strip()
+    gpu = " ".join(_perf_flags(repo_root, "gpu"))
+    assert len(tpu.split()) >= 10 and len(gpu.split()) >= 8
+
+    def tpu_ok(args):
+        return subprocess.run([sys.executable, "-c", _TPU_FLAG_PROBE, args], cwd=repo_root, capture_output=True,
+                              text=True, timeout=180)
+
+    def gpu_ok(flags):  # GPU flags live in XLA's debug options, which the CPU jaxlib parses too
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+        return subprocess.run([sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
+                              cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+
+    good = tpu_ok(tpu)
+    assert good.returncode == 0 and "devices 4" in good.stdout, good.stderr[-2000:]
+    assert gpu_ok(gpu).returncode == 0
+    # ... and the probes do catch an unknown flag
+    assert "Unknown command line flag" in tpu_ok(tpu + " --xla_tpu_no_such_flag=true").stderr
+    assert gpu_ok(gpu + " --xla_gpu_no_such_flag=true").returncode != 0
 
 
 @pytest.fixture(scope="module")
