@@ -57,6 +57,9 @@ def optim_section(**overrides) -> ml_collections.ConfigDict:
     o.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
     o.microbatches = 1  # gradient accumulation: the batch is split into this many equal slices
     o.ema_decay = 0.0  # EMA of params kept in the state when > 0 (e.g. 0.9999)
+    # Keep the EMA in host memory (pinned_host) and update it on the host CPU: frees 4 bytes per trainable
+    # parameter of HBM (a 14B full fine-tune on 4 chips: 13 GiB per chip) for one host copy of the params per step
+    o.ema_on_host = False
     o.update(overrides)
     return o
 

@@ -32,7 +32,7 @@ ARCH_FIELDS = (
     "pos_embed_seq_len",
 )
 
-REMAT_POLICIES = ("none", "full", "save_dots", "save_attention", "save_qkv_proj")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_attention", "save_qkv_proj", "offload")
 ATTENTION_IMPLS = ("auto", "xla", "flash", "blocked", "dot_product", "cudnn", "splash")
 
 

@@ -210,6 +210,12 @@ _REMAT_POLICIES = {
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_attention": jax.checkpoint_policies.save_only_these_names("attention_out"),
     "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
+    # Full remat whose one saved tensor per layer, the block's input (the residual stream), lives in host memory
+    # between the forward and the backward pass (MaxText's / MaxDiffusion's offload of the decoder-layer input):
+    # HBM holds one layer's activations instead of num_layers residuals.
+    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["block_input"], offload_src="device",
+        offload_dst="pinned_host"),
 }
 
 
@@ -304,6 +310,7 @@ class WanTransformer3DModel(nnx.Module):
 
         def body(h, layer_state):
             block = nnx.merge(graphdef, layer_state)
+            h = checkpoint_name(h, "block_input")  # what remat='offload' keeps, in host memory
             return constrain(block(h, ctx, ctx_mask, tproj, rope, img), _ACT)
 
         h = constrain(h, _ACT)

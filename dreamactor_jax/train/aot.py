@@ -72,7 +72,7 @@ def compile_step(config: ml_collections.ConfigDict, devices: list[Any]):
     """Lowers and compiles the train step of ``config`` on a mesh of ``devices``; returns (compiled, mesh)."""
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     mcfg, graphdef, state, batch, step = abstract.abstract_run(config, platform=devices[0].platform)
-    plan = shard_lib.plan(mcfg, mesh, state, batch, rules=shard_lib.config_rules(config))
+    plan = shard_lib.config_plan(mcfg, mesh, state, batch, config)
     loop.check_activations(config, mcfg, mesh, plan.rules)
     key = jax.eval_shape(lambda: jax.random.key(0))
     with jax.set_mesh(mesh), rules_lib.use_rules(plan.rules):
@@ -140,6 +140,8 @@ class AotReport:
     alias_bytes: int
     code_bytes: int
     hbm_bytes: int
+    host_temp_bytes: int  # host memory per chip the step uses: offloaded residuals (model.remat='offload')
+    host_argument_bytes: int  # state kept in host memory (optim.ema_on_host)
     model_flops: float
     compiled_flops: float | None
     peak_flops: float
@@ -167,6 +169,9 @@ class AotReport:
             f"(headroom {100 * self.headroom:.1f}%)",
             f"model FLOPs per step: {self.model_flops:.4e}",
         ]
+        if self.host_temp_bytes or self.host_argument_bytes:
+            out.insert(3, f"host memory per chip: state {self.host_argument_bytes / gib:.2f} GiB, offloaded "
+                          f"activations {self.host_temp_bytes / gib:.2f} GiB")
         if self.compiled_flops:
             out.append(f"compiled FLOPs per step: {self.compiled_flops:.4e}  (compiled / model = "
                        f"{self.compiled_flops / self.model_flops:.3f})")
@@ -189,5 +194,7 @@ def aot_compile(config: ml_collections.ConfigDict, topology: str, *, count_flops
         topology=topology, chips=len(devices), mesh=dict(mesh.shape),
         argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
         temp_bytes=int(mem.temp_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
-        code_bytes=int(mem.generated_code_size_in_bytes), hbm_bytes=hbm, model_flops=model,
+        code_bytes=int(mem.generated_code_size_in_bytes), hbm_bytes=hbm,
+        host_temp_bytes=int(getattr(mem, "host_temp_size_in_bytes", 0)),
+        host_argument_bytes=int(getattr(mem, "host_argument_size_in_bytes", 0)), model_flops=model,
         compiled_flops=compiled_flops(config, devices) if count_flops else None, peak_flops=peak)

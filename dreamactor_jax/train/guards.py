@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dreamactor_jax.train import step as step_lib
+
 
 class NonFiniteError(FloatingPointError):
     """A step produced a non-finite loss or gradient norm (the message names the step)."""
@@ -49,9 +51,11 @@ def gate_nonfinite(step_fn: Callable) -> Callable:
         new, metrics = step_fn(state, batch, rng)
         ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
         keep = lambda n, o: jnp.where(ok, n, o)
+        # A host-memory EMA (optim.ema_on_host) is gated on the host, so it never passes through HBM.
+        ema = None if state.ema is None else step_lib.host_map(lambda n, o, k: jnp.where(k, n, o), new.ema,
+                                                               state.ema, jax.tree.map(lambda _: ok, state.ema))
         new = new.replace(params=jax.tree.map(keep, new.params, state.params),
-                          opt_state=jax.tree.map(keep, new.opt_state, state.opt_state),
-                          ema=jax.tree.map(keep, new.ema, state.ema))
+                          opt_state=jax.tree.map(keep, new.opt_state, state.opt_state), ema=ema)
         return new, dict(metrics, skipped=jnp.where(ok, 0.0, 1.0).astype(jnp.float32))
 
     return guarded_step

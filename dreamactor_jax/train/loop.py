@@ -107,7 +107,7 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     mcfg = model_config(config.model)
     mesh = make_mesh(config.mesh)  # names config.mesh when the device count does not fit
     _, graphdef, abs_state, abs_batch, step = abstract.abstract_run(config)
-    sp = shard.plan(mcfg, mesh, abs_state, abs_batch, rules=shard.config_rules(config))
+    sp = shard.config_plan(mcfg, mesh, abs_state, abs_batch, config)
     if config.mesh.log_shardings and jax.process_index() == 0:
         print(rules.sharding_table(abs_state.params, sp.params), flush=True)
     rules.check_replicated_bytes(abs_state.params, sp.params, mesh, int(config.mesh.max_replicated_bytes))

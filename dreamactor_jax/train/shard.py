@@ -24,6 +24,13 @@ class ShardingPlan:
     rules: tuple
 
 
+def config_plan(mcfg: WanConfig, mesh: jax.sharding.Mesh, state: Any, batch: Any,
+                config: ml_collections.ConfigDict) -> ShardingPlan:
+    """:func:`plan` with a run config's rules and EMA placement (``config.optim.ema_on_host``)."""
+    return plan(mcfg, mesh, state, batch, rules=config_rules(config),
+                ema_on_host=bool(config.optim.get("ema_on_host", False)))
+
+
 def config_rules(config: ml_collections.ConfigDict) -> tuple:
     """The rule set of a run: ``config.mesh.rules`` (a list of [logical, mesh axes]) or the defaults."""
     custom = config.mesh.get("rules") if "rules" in config.mesh else None
@@ -40,10 +47,17 @@ def batch_sharding(mesh: jax.sharding.Mesh, batch: Any, rules: tuple | None = No
     return jax.tree.map(one, batch)
 
 
-def plan(mcfg: WanConfig, mesh: jax.sharding.Mesh, state: Any, batch: Any, rules: tuple | None = None) -> ShardingPlan:
-    """Shardings for the params, the whole train state (moments and EMA shard like params) and the batch."""
+def plan(mcfg: WanConfig, mesh: jax.sharding.Mesh, state: Any, batch: Any, rules: tuple | None = None, *,
+         ema_on_host: bool = False) -> ShardingPlan:
+    """Shardings for the params, the whole train state (moments and EMA shard like params) and the batch.
+
+    ``ema_on_host``: the EMA's shardings name host memory (``pinned_host``): it never occupies HBM, and the step
+    updates it on the host CPU (``train/step.py:update_ema``).
+    """
     rules = tuple(rules or rules_lib.DEFAULT_RULES)
     p = rules_lib.param_shardings(abstract_model(mcfg), mesh, rules)
     # Moments and EMA shard like what they track (with LoRA: like each adapter's base kernel).
     s = state_lib.shardings(state, p, mesh)
+    if ema_on_host and s.ema is not None:
+        s = s.replace(ema=jax.tree.map(lambda sh: sh.with_memory_kind("pinned_host"), s.ema))
     return ShardingPlan(mesh=mesh, params=p, state=s, batch=batch_sharding(mesh, batch, rules), rules=rules)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.experimental.compute_on import compute_on
 
 from dreamactor_jax.diffusion import objective as obj
 from dreamactor_jax.models import lora
@@ -74,9 +75,28 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, graphdef: nnx.
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     params = lora.combine(trainable, frozen)
-    ema = state.ema
-    if ema is not None:
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, trainable)
+    ema = None if state.ema is None else update_ema(state.ema, trainable, ema_decay)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
     return new, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
+
+
+def on_host(tree) -> bool:
+    """Whether a (traced) tree lives in host memory: its shardings said ``memory_kind='pinned_host'``."""
+    leaves = jax.tree.leaves(tree)
+    return bool(leaves) and getattr(jax.typeof(leaves[0]), "memory_space", None) == jax.memory.Space.Host
+
+
+def host_map(fn, *trees):
+    """``jax.tree.map(fn, *trees)`` computed where the first tree lives: on the host CPU when it is in host
+    memory (the other trees are copied there first, so the result never occupies HBM), else on the device."""
+    if not on_host(trees[0]):
+        return jax.tree.map(fn, *trees)
+    rest = [t if on_host(t) else jax.device_put(t, jax.memory.Space.Host) for t in trees[1:]]
+    with compute_on("device_host"):
+        return jax.jit(lambda *ts: jax.tree.map(fn, *ts))(trees[0], *rest)
+
+
+def update_ema(ema, trainable, decay: float):
+    """``decay * ema + (1 - decay) * trainable``; in host memory when the EMA is (``optim.ema_on_host``)."""
+    return host_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, trainable)
