@@ -15,7 +15,7 @@ PACKAGE = "dreamactor_jax"
 # Lowest first. An entry names a module or a package (all of its modules); the longest matching entry wins, so
 # ``convert.export`` sits above ``convert``. Keep this table and the README's layer list the same.
 LAYERS = (
-    ("foundation", ("eval", "parallel", "data.video_io", "convert.safetensors_io", "convert.fsutil")),
+    ("foundation", ("eval", "parallel", "fs", "data.video_io", "convert.safetensors_io", "convert.fsutil")),
     ("models", ("models",)),
     ("diffusion", ("diffusion",)),
     ("weights", ("convert",)),

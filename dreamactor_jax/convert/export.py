@@ -35,6 +35,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from dreamactor_jax import fs
 from dreamactor_jax.convert import names, orbax_reader
 from dreamactor_jax.convert.fsutil import atomic_dir
 from dreamactor_jax.convert.pretrained import CLASS_NAME, CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
@@ -197,7 +198,7 @@ def write_diffusers(cfg: WanConfig, flat: Mapping[names.Path, Any], out: str, *,
         if mode == "separate":
             extra["lora_tensors"] = _write_lora(cfg, adapters, tmp, target, fetch)
         file_bytes = sum(os.path.getsize(os.path.join(tmp, n)) for n in os.listdir(tmp))
-    return {"out": os.path.abspath(out), "files": files, "tensors": len(specs), "total_size": total,
+    return {"out": fs.absolute(out), "files": files, "tensors": len(specs), "total_size": total,
             "file_bytes": file_bytes, "dtype": target.name, "lora": mode, **extra}
 
 
@@ -231,7 +232,7 @@ def _open_adapters(ckpt_dir: str, item: str, cfg: WanConfig, step: int,
     Each gets its own layer-group cache: a merged kernel reads W, A and B of one layer together,
     and a shared cache would re-read every stacked array's group for every layer.
     """
-    item_dir = os.path.join(orbax_reader.step_dir(ckpt_dir, step)[0], item)
+    item_dir = fs.join(orbax_reader.step_dir(ckpt_dir, step)[0], item)
     out, bad = {}, []
     for p, leaf in names._flat(names.abstract_lora_params(cfg)).items():
         name = ".".join(p)
@@ -270,14 +271,14 @@ def export_checkpoint(ckpt_dir: str, out: str, *, weights: str = "auto", dtype: 
     meta = ckpt_lib.read_meta(ckpt_dir, step)
     cfg = ckpt_lib.model_config_from_meta(meta)
     if weights == "auto":
-        weights = "ema" if os.path.isdir(os.path.join(path, "ema")) else "params"
+        weights = "ema" if fs.isdir(fs.join(path, "ema")) else "params"
     if cfg.lora_rank:
         arrays = dict(orbax_reader.open_item(ckpt_dir, "params", cfg, step, read_budget=read_budget))
-        if not os.path.isdir(os.path.join(path, weights)):
+        if not fs.isdir(fs.join(path, weights)):
             raise FileNotFoundError(f"checkpoint {ckpt_dir} step {step} has no item {weights!r}")
         arrays.update(_open_adapters(ckpt_dir, weights, cfg, step, read_budget))
     else:
         arrays = orbax_reader.open_item(ckpt_dir, weights, cfg, step, read_budget=read_budget)
     summary = write_diffusers(cfg, arrays, out, dtype=dtype, max_shard_size=max_shard_size, fetch=np.asarray,
                               lora=lora)
-    return {**summary, "checkpoint": os.path.abspath(ckpt_dir), "step": step, "weights": weights}
+    return {**summary, "checkpoint": fs.absolute(ckpt_dir), "step": step, "weights": weights}

@@ -26,12 +26,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 from collections.abc import Mapping
 
 import numpy as np
 import tensorstore as ts
 
+from dreamactor_jax import fs
 from dreamactor_jax.convert import names
 from dreamactor_jax.models.config import WanConfig
 from dreamactor_jax.train import checkpoint as ckpt_lib
@@ -146,10 +146,15 @@ class LayerRef:
         return a if dtype is None else a.astype(dtype)
 
 
-def _kvstore(item_dir: str, name: str) -> dict:
-    if os.path.exists(os.path.join(item_dir, "manifest.ocdbt")):
-        return {"driver": "ocdbt", "base": {"driver": "file", "path": item_dir + "/"}, "path": name + "/"}
-    return {"driver": "file", "path": os.path.join(item_dir, name) + "/"}
+def _base(path: str) -> dict | str:
+    """A tensorstore kvstore for a directory: the file driver locally, the URL itself (gs://...) otherwise."""
+    return path.rstrip("/") + "/" if fs.is_url(path) else {"driver": "file", "path": path + "/"}
+
+
+def _kvstore(item_dir: str, name: str) -> dict | str:
+    if fs.exists(fs.join(item_dir, "manifest.ocdbt")):
+        return {"driver": "ocdbt", "base": _base(item_dir), "path": name + "/"}
+    return _base(fs.join(item_dir, name))
 
 
 def _driver(kvstore: dict) -> str:
@@ -170,8 +175,8 @@ def step_dir(ckpt_dir: str, step: int | None = None) -> tuple[str, int]:
     step = steps[-1] if step is None else step
     if step not in steps:
         raise FileNotFoundError(f"{ckpt_dir} has no step {step}; steps: {steps}")
-    path = os.path.join(os.path.abspath(ckpt_dir), str(step))
-    if not os.path.isdir(path):
+    path = fs.join(fs.absolute(ckpt_dir), str(step))
+    if not fs.isdir(path):
         raise FileNotFoundError(f"checkpoint step directory not found: {path}")
     return path, step
 
@@ -180,9 +185,9 @@ def open_item(ckpt_dir: str, item: str, cfg: WanConfig, step: int | None = None,
               read_budget: int = DEFAULT_READ_BUDGET) -> Mapping[names.Path, StoredArray]:
     """Lazy arrays of checkpoint ``item`` keyed by our parameter paths, checked against ``cfg``'s shapes."""
     path, step = step_dir(ckpt_dir, step)
-    item_dir = os.path.join(path, item)
-    if not os.path.isdir(item_dir):
-        have = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    item_dir = fs.join(path, item)
+    if not fs.isdir(item_dir):
+        have = sorted(d for d in fs.listdir(path) if fs.isdir(fs.join(path, d)))
         raise FileNotFoundError(f"checkpoint {ckpt_dir} step {step} has no item {item!r}; items: {have}")
     expected = dict(names.base_shapes(cfg))
     cache = _GroupCache()

@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from dreamactor_jax import fs
 from dreamactor_jax.config_lib import stage_config
 from dreamactor_jax.curriculum import evaluation, synthesis
 from dreamactor_jax.curriculum.presets import check_real_data
@@ -58,11 +59,10 @@ def _flatten(d, prefix=""):
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, force: bool = False) -> None:
     """Stores the config in a new workdir; refuses a workdir holding a run of a different config."""
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = fs.join(workdir, CONFIG_FILE)
     current = json.loads(config.to_json_best_effort())
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
+    if fs.exists(path):
+        stored = json.loads(fs.read_text(path))
         a, b = _flatten(stored), _flatten(current)
         diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
         if diff and not force:
@@ -71,32 +71,25 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, force:
                                       f"({len(diff)}): {details}. Use another workdir or --force.")
         if not diff:
             return
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(current, f, indent=2)
-    os.replace(path + ".tmp", path)
+    fs.makedirs(workdir)
+    fs.write_text(path, json.dumps(current, indent=2))
 
 
 def _done(workdir: str, phase: str) -> dict | None:
-    path = os.path.join(workdir, phase, "DONE.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return None
+    path = fs.join(workdir, phase, "DONE.json")
+    return json.loads(fs.read_text(path)) if fs.exists(path) else None
 
 
 def _mark_done(workdir: str, phase: str, summary: dict) -> None:
-    d = os.path.join(workdir, phase)
-    os.makedirs(d, exist_ok=True)
+    d = fs.join(workdir, phase)
+    fs.makedirs(d)
     if jax.process_index() == 0:
-        with open(os.path.join(d, "DONE.json.tmp"), "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(os.path.join(d, "DONE.json.tmp"), os.path.join(d, "DONE.json"))
+        fs.write_text(fs.join(d, "DONE.json"), json.dumps(summary, indent=2))
 
 
 def _params(workdir: str, phase: str, weights: str = "params") -> dict:
     """The final params (or EMA params, when the run kept an EMA) of a training phase."""
-    ckpt = os.path.join(workdir, phase, "checkpoints")
+    ckpt = fs.join(workdir, phase, "checkpoints")
     if weights == "ema":
         try:
             return checkpoint.restore_item(ckpt, "ema")
@@ -161,12 +154,12 @@ def _records_source(path: str, field: str) -> records_lib.RecordSource:
 
 def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> dict:
     t0 = time.perf_counter()
-    pdir = os.path.join(workdir, phase)
+    pdir = fs.join(workdir, phase)
     if phase in ("stage1", "stage2"):
         sc = stage_config(config, phase)
         if phase == "stage2":
-            sc.data.records_dir = os.path.join(workdir, "synthesis", "records")
-            sc.train.init_from = os.path.join(workdir, "stage1", "checkpoints")
+            sc.data.records_dir = fs.join(workdir, "synthesis", "records")
+            sc.train.init_from = fs.join(workdir, "stage1", "checkpoints")
             if sc.data.pose_mix > 0 and not sc.data.get("pose_mix_records") and config.stage1.data.source == "records":
                 sc.data.pose_mix_records = config.stage1.data.records_dir  # pose batches: the run's stage-1 records
         out = train_loop.run(sc, pdir)
@@ -195,11 +188,11 @@ def run_phase(config: ml_collections.ConfigDict, workdir: str, phase: str) -> di
     elif phase == "export":
         from dreamactor_jax.convert import export as export_lib
 
-        out_dir = os.path.join(pdir, "diffusers")
-        export_lib.export_checkpoint(os.path.join(workdir, "stage2", "checkpoints"), out_dir,
+        out_dir = fs.join(pdir, "diffusers")
+        export_lib.export_checkpoint(fs.join(workdir, "stage2", "checkpoints"), out_dir,
                                      weights=config.export.weights, dtype=config.export.dtype,
                                      max_shard_size=config.export.max_shard_size)
-        summary = {"out": out_dir, "files": sorted(os.listdir(out_dir))}
+        summary = {"out": out_dir, "files": fs.listdir(out_dir)}
     elif phase == "eval":
         e = config.eval
         scfg = _sampler(e.sampler, config.objective)
@@ -265,11 +258,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, only: str | None = None
         print(f"[{phase}] done in {out[phase]['seconds']} s: "
               f"{ {k: v for k, v in out[phase].items() if k not in ('results', 'files')} }", flush=True)
     if "eval" in out:
-        with open(os.path.join(workdir, "eval", "table.md")) as f:
-            print(f.read(), flush=True)
+        print(fs.read_text(fs.join(workdir, "eval", "table.md")), flush=True)
     rows = summary_rows(workdir, out)
     if jax.process_index() == 0:
-        observe.write_json(os.path.join(workdir, observe.SUMMARY_FILE), {"workdir": os.path.abspath(workdir),
+        observe.write_json(fs.join(workdir, observe.SUMMARY_FILE), {"workdir": fs.absolute(workdir),
                                                                           "phases": rows})
         rows = [dict(r, outputs=[os.path.relpath(p, workdir) for p in r["outputs"]]) for r in rows]
         print(f"curriculum summary of {workdir} ({observe.SUMMARY_FILE}; paths relative to it):\n"
@@ -283,17 +275,17 @@ def summary_rows(workdir: str, out: dict) -> list[dict]:
     for phase, s in out.items():
         row = {"phase": phase, "status": "skipped (done before)" if s.get("skipped") else "done",
                "time": s.get("seconds"), "steps": s.get("steps"), "final loss": s.get("final_loss"), "outputs": []}
-        pdir = os.path.join(workdir, phase)
+        pdir = fs.join(workdir, phase)
         if phase in ("stage1", "stage2"):
-            row["outputs"] = [s.get("checkpoints", os.path.join(pdir, "checkpoints"))]
-            if os.path.isdir(os.path.join(pdir, observe.TENSORBOARD_DIR)):
-                row["outputs"].append(os.path.join(pdir, observe.TENSORBOARD_DIR))
+            row["outputs"] = [s.get("checkpoints", fs.join(pdir, "checkpoints"))]
+            if fs.isdir(fs.join(pdir, observe.TENSORBOARD_DIR)):
+                row["outputs"].append(fs.join(pdir, observe.TENSORBOARD_DIR))
         elif phase == "synthesis":
             row["steps"] = f"{s.get('accepted', '?')}/{s.get('clips', '?')} clips accepted"
-            row["outputs"] = [os.path.join(pdir, "records")]
+            row["outputs"] = [fs.join(pdir, "records")]
         elif phase == "export":
-            row["outputs"] = [s.get("out", os.path.join(pdir, "diffusers"))]
+            row["outputs"] = [s.get("out", fs.join(pdir, "diffusers"))]
         elif phase == "eval":
-            row["outputs"] = [os.path.join(pdir, n) for n in ("table.md", "grid.gif")]
+            row["outputs"] = [fs.join(pdir, n) for n in ("table.md", "grid.gif")]
         rows.append(row)
     return rows

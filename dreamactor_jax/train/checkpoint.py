@@ -28,7 +28,6 @@ that still fails to read (truncated or corrupted later) is reported by
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,6 +36,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dreamactor_jax import fs
 from dreamactor_jax.models.config import ARCH_FIELDS, WanConfig
 
 ARRAY_ITEMS = ("params", "opt_state", "ema")
@@ -77,7 +77,7 @@ def manager(directory: str, *, max_to_keep: int | None = None, keep_period: int 
                                            enable_async_checkpointing=async_save, read_only=read_only,
                                            create=not read_only, cleanup_tmp_directories=not read_only,
                                            save_interval_steps=0 if read_only else 1)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=tuple(_handlers()),
+    return ocp.CheckpointManager(fs.absolute(directory), options=options, item_names=tuple(_handlers()),
                                  item_handlers=_handlers())
 
 
@@ -134,7 +134,7 @@ def read_json_item(directory: str, item: str = "config", step: int | None = None
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint found in {directory}")
-        if not os.path.isdir(os.path.join(step_dir(directory, step), item)):
+        if not fs.isdir(fs.join(step_dir(directory, step), item)):
             return None
         return mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
     finally:
@@ -199,18 +199,18 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, s
 
 def step_dir(directory: str, step: int) -> str:
     """Path of one finalised step (the managers here use Orbax's default step names)."""
-    return os.path.join(os.path.abspath(directory), str(int(step)))
+    return fs.join(fs.absolute(directory), str(int(step)))
 
 
 def resolve_dir(path: str) -> str:
     """A checkpoint directory from either itself or a run's workdir (which holds ``checkpoints/``)."""
-    sub = os.path.join(path, "checkpoints")
-    return os.path.abspath(sub if os.path.isdir(sub) else path)
+    sub = fs.join(path, "checkpoints")
+    return fs.absolute(sub if fs.isdir(sub) else path)
 
 
 def finalized_steps(directory: str) -> list[int]:
     """Finalised steps in ``directory``, newest first; temporary (half-written) steps are not listed."""
-    if not os.path.isdir(directory):
+    if not fs.isdir(directory):
         return []
     mngr = manager(directory, read_only=True)
     try:
@@ -251,9 +251,9 @@ def check_architecture(meta: Mapping[str, Any], cfg: WanConfig, where: str, *, l
 
 def quarantine(directory: str, step: int, dest_root: str) -> str:
     """Moves a broken step out of ``directory`` (so the step number can be saved again); returns the new path."""
-    os.makedirs(dest_root, exist_ok=True)
-    dest = os.path.join(dest_root, f"step_{int(step)}_{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(step_dir(directory, step), dest)
+    fs.makedirs(dest_root)
+    dest = fs.join(dest_root, f"step_{int(step)}_{time.strftime('%Y%m%d-%H%M%S')}")
+    fs.move(step_dir(directory, step), dest)
     return dest
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dreamactor_jax import fs
 from dreamactor_jax.train import step as step_lib
 
 
@@ -130,12 +130,12 @@ def truncate_metrics(path: str, step: int) -> int:
 
     Lines past the restored checkpoint were logged by steps that the resumed run
     will redo; a line cut short by a kill is not JSON and goes too. The file is
-    rewritten atomically (temp file + rename), so a kill here cannot lose it.
+    rewritten atomically (``fs.write_text``: temp file + rename, or one object upload), so a kill here cannot
+    lose it.
     """
-    if not os.path.exists(path):
+    if not fs.exists(path):
         return 0
-    with open(path) as f:
-        lines = f.read().splitlines()
+    lines = fs.read_text(path).splitlines()
     kept = []
     for line in lines:
         try:
@@ -146,10 +146,5 @@ def truncate_metrics(path: str, step: int) -> int:
             kept.append(line)
     dropped = len(lines) - len(kept)
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("".join(x + "\n" for x in kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fs.write_text(path, "".join(x + "\n" for x in kept))
     return dropped

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dreamactor_jax import config_lib
+from dreamactor_jax import config_lib, fs
 from dreamactor_jax.data import records, schema, sources
 from dreamactor_jax.models import lora
 from dreamactor_jax.models.build import count_params, init_params, model_config
@@ -75,7 +75,7 @@ def resolve_start(checkpoint_dir: str, resume_from: str = "", init_from: str = "
     """
     own = checkpoint.finalized_steps(checkpoint_dir)
     if own:
-        return StartPlan("workdir", os.path.abspath(checkpoint_dir), tuple(own))
+        return StartPlan("workdir", fs.absolute(checkpoint_dir), tuple(own))
     for kind, path in (("resume_from", resume_from), ("init_from", init_from)):
         if path:
             directory = checkpoint.resolve_dir(path)
@@ -301,18 +301,17 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
     mcfg, mesh, sp, t = setup.mcfg, setup.mesh, setup.shardings, config.train
     main = jax.process_index() == 0
     say = (lambda msg: print(msg, flush=True)) if main else (lambda msg: None)
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     if main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        fs.write_text(fs.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = fs.join(workdir, "checkpoints")
     plan = resolve_start(ckpt_dir, t.get("resume_from", ""), t.get("init_from", ""))
-    state, start, meta = initial_state(config, setup, plan, quarantine_to=os.path.join(workdir, "corrupt_checkpoints"),
+    state, start, meta = initial_state(config, setup, plan, quarantine_to=fs.join(workdir, "corrupt_checkpoints"),
                                        log=say)
     skip = bool(t.get("skip_nonfinite_steps", False))
     skipped = int(meta.get("skipped_steps", 0))
-    log_path = os.path.join(workdir, "metrics.jsonl")
+    log_path = fs.join(workdir, "metrics.jsonl")
     if main:
         dropped = guards.truncate_metrics(log_path, start)
         if dropped:
@@ -342,7 +341,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
                                     float(t.get("peak_flops_per_device", 0.0)))
     say(throughput.describe())
     profiler = observe.ProfileWindow(observe.parse_profile_steps(t.get("profile_steps", "")),
-                                     os.path.join(workdir, observe.PROFILE_DIR), jax.process_index(),
+                                     fs.join(workdir, observe.PROFILE_DIR), jax.process_index(),
                                      jax.process_count(), say)
     previewer = None
     if int(t.get("preview_every", 0)) > 0:
@@ -447,7 +446,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
     jax.block_until_ready(state)
     final = history[-1]["loss"] if history else float("nan")
     seconds = time.perf_counter() - t0
-    outputs = {"config": os.path.join(workdir, "config.json"), "metrics": log_path, "checkpoints": ckpt_dir}
+    outputs = {"config": fs.join(workdir, "config.json"), "metrics": log_path, "checkpoints": ckpt_dir}
     if mlog.tensorboard_dir:
         outputs["tensorboard"] = mlog.tensorboard_dir
     if previewer is not None and previewer.written:
@@ -460,7 +459,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, preempt: guards.Preemp
               "setup_seconds": timing["setup"], "preview_seconds": timing["preview"], "previews": timing["previews"],
               "profiled_steps": profiler.traced, "outputs": outputs}
     if main:
-        observe.write_json(os.path.join(workdir, observe.SUMMARY_FILE), report)
+        observe.write_json(fs.join(workdir, observe.SUMMARY_FILE), report)
         say(_summary_table(report, history, workdir))
     return {**report, "history": history, "state": state, "graphdef": setup.graphdef, "checkpoints": ckpt_dir}
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dreamactor_jax import fs
 from dreamactor_jax.config_lib import parse_profile_steps  # noqa: F401  (re-exported: its old home)
 from dreamactor_jax.train import flops
 
@@ -79,9 +80,10 @@ class MetricLog:
 
     def __init__(self, workdir: str, *, enabled: bool, tensorboard: bool, say=print):
         self.enabled = enabled
-        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
-        self.tensorboard_dir = os.path.join(workdir, TENSORBOARD_DIR) if enabled and tensorboard else None
-        self._jsonl = open(self.jsonl_path, "a") if enabled else None  # noqa: SIM115 - closed in close()
+        self.jsonl_path = fs.join(workdir, "metrics.jsonl")
+        self.tensorboard_dir = fs.join(workdir, TENSORBOARD_DIR) if enabled and tensorboard else None
+        # A local file stays open for appends; a URL (no append) is rewritten per record by fs.append_text.
+        self._jsonl = open(self.jsonl_path, "a") if enabled and not fs.is_url(workdir) else None  # noqa: SIM115
         self._writer = None
         if self.tensorboard_dir is not None:
             try:
@@ -97,8 +99,12 @@ class MetricLog:
         """Appends ``record`` (which must hold ``step``) to metrics.jsonl; ``tensorboard`` scalars go to the events."""
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps(dict(record)) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(dict(record)) + "\n"
+        if self._jsonl is None:
+            fs.append_text(self.jsonl_path, line)
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         if self._writer is not None and tensorboard:
             self._writer.write_scalars(step, {k: float(v) for k, v in tensorboard.items() if math.isfinite(v)})
 
@@ -215,7 +221,7 @@ class ProfileWindow:
         self, window: tuple[int, int] | None, logdir: str, process_index: int = 0, process_count: int = 1, say=print
     ):
         self.window, self.say, self.active = window, say, False
-        self.logdir = logdir if process_count == 1 else os.path.join(logdir, f"process_{process_index}")
+        self.logdir = logdir if process_count == 1 else fs.join(logdir, f"process_{process_index}")
         self.traced: list[int] = []
 
     def before(self, step: int) -> None:
@@ -224,7 +230,7 @@ class ProfileWindow:
             return
         import jax
 
-        os.makedirs(self.logdir, exist_ok=True)
+        fs.makedirs(self.logdir)
         jax.profiler.start_trace(self.logdir)
         self.active = True
 
@@ -281,8 +287,5 @@ def summary_table(
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON atomically (temp file + rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(path + ".tmp", path)
+    """Writes ``obj`` as indented JSON atomically (``fs.write_text``)."""
+    fs.write_text(path, json.dumps(obj, indent=2, default=str))

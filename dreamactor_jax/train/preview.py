@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from dreamactor_jax import fs
 from dreamactor_jax.data import sources, video_io
 from dreamactor_jax.data.components import components
 from dreamactor_jax.diffusion.animator import Animator
@@ -46,7 +47,7 @@ class Previewer:
     ):
         t = config.train
         self.every, self.main, self.log = int(t.preview_every), main, log
-        self.dir = os.path.join(workdir, PREVIEW_DIR)
+        self.dir = fs.join(workdir, PREVIEW_DIR)
         self.seed = config.seed
         batch = sources.preview_batch(config, mcfg.text_dim, int(t.preview_examples), t.preview_source)
         self.batch = batch
@@ -84,9 +85,9 @@ class Previewer:
         if self.main:
             rows = [[self.reference[i], self.motion[i], sample[i], self.target[i]] for i in range(len(sample))]
             frames = video_io.grid_frames(rows, zoom=2)
-            os.makedirs(self.dir, exist_ok=True)
-            path = os.path.join(self.dir, f"step_{step:06d}.gif")
-            video_io.write_gif(path, frames, self.fps)
+            path = fs.join(self.dir, f"step_{step:06d}.gif")
+            with fs.staged(self.dir) as local:  # the GIF writer writes local files
+                video_io.write_gif(os.path.join(local, os.path.basename(path)), frames, self.fps)
             self.written.append(path)
             if self.log is not None:
                 self.log.images(step, {"preview": video_io.filmstrip(frames)})
