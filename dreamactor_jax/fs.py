@@ -137,6 +137,21 @@ def move(src, dst) -> None:
         s.unlink()
 
 
+def glob(directory, pattern: str) -> list[str]:
+    """Sorted paths in ``directory`` whose names match ``pattern`` (``*.array_record``)."""
+    import fnmatch
+
+    return [join(directory, n) for n in listdir(directory) if fnmatch.fnmatch(n, pattern)]
+
+
+def put_file(local: str, dest) -> None:
+    """Copies one local file to ``dest`` (a URL, or a local path: then an atomic rename when on one disk)."""
+    if not is_url(dest):
+        shutil.copyfile(local, dest)
+        return
+    epath.Path(local).copy(_p(dest), overwrite=True)
+
+
 def upload(local_dir: str, dest) -> None:
     """Copies a local directory's files to ``dest`` (a URL or a local path), keeping the layout."""
     for root, _, files in os.walk(local_dir):

@@ -32,6 +32,7 @@ import os
 import jax
 import numpy as np
 
+from dreamactor_jax import fs
 from dreamactor_jax.data import video_io
 from dreamactor_jax.data.procedural import dataset as proc
 from dreamactor_jax.data.procedural import estimator
@@ -139,7 +140,7 @@ def evaluate(animators: dict[str, tuple[Animator, str]], pcfg: proc.ProceduralCo
     for name, (_, kind) in animators.items():
         if kind not in ("pose", "rgb"):
             raise ValueError(f"model {name!r}: driving kind {kind!r}; expected 'pose' or 'rgb'")
-    os.makedirs(out_dir, exist_ok=True)
+    fs.makedirs(out_dir)
     est_seed = seed if estimator_seed is None else int(estimator_seed)
     exs = [proc.make_example("test", i, pcfg) for i in range(num_pairs)]
     plans = [e["cross_body_plan"] for e in exs]
@@ -183,16 +184,15 @@ def evaluate(animators: dict[str, tuple[Animator, str]], pcfg: proc.ProceduralCo
         table["estimator"] = est_stats
     table["per_pair"] = {"index": [e["index"] for e in exs], "body_plan": [e["body_plan"] for e in exs],
                          "cross_body_plan": plans, "settings": columns}
-    with open(os.path.join(out_dir, "table.json"), "w") as f:
-        json.dump(table, f, indent=2)
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(markdown_table(table))
+    fs.write_text(fs.join(out_dir, "table.json"), json.dumps(table, indent=2))
+    fs.write_text(fs.join(out_dir, "table.md"), markdown_table(table))
     g = grid_pairs and min(grid_pairs, num_pairs)
-    if g and "clean_pose" in settings:
-        write_grid(os.path.join(out_dir, "grid.gif"), exs[:g], grids["clean_pose"])
-    if g and "estimated_pose" in settings:
-        write_grid(os.path.join(out_dir, "grid_estimated.gif"), exs[:g], grids["estimated_pose"],
-                   poses=motions["estimated_pose"]["pose"][:g])
+    with fs.staged(out_dir) as local:  # the GIF writer writes local files
+        if g and "clean_pose" in settings:
+            write_grid(os.path.join(local, "grid.gif"), exs[:g], grids["clean_pose"])
+        if g and "estimated_pose" in settings:
+            write_grid(os.path.join(local, "grid_estimated.gif"), exs[:g], grids["estimated_pose"],
+                       poses=motions["estimated_pose"]["pose"][:g])
     return table
 
 

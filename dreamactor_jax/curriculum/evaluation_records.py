@@ -18,11 +18,11 @@ reference frame in every frame). Writes ``table.json`` and ``table.md``.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
 
+from dreamactor_jax import fs
 from dreamactor_jax.data import records, video_io
 from dreamactor_jax.data.pose_estimator import estimate_openpose18
 from dreamactor_jax.eval import metrics
@@ -73,7 +73,7 @@ def evaluate_records(animators: dict, clips: list[dict], estimator, batch_size: 
       estimator: frame uint8 -> (P, K, 3) keypoints (the pose estimator ingest uses).
       text_encoder: captions -> (text, mask), for clips without stored text.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    fs.makedirs(out_dir)
     partners = [cross_partner(clips, i) for i in range(len(clips))]
 
     def text_of(idx):
@@ -117,10 +117,8 @@ def evaluate_records(animators: dict, clips: list[dict], estimator, batch_size: 
                                    "baseline": anim is None, "per_clip": cols}
     table = {"clips": len(clips), "split": "records", "frames_scored": "1..T-1", "settings": rows,
              "partners": partners, "index": [c["index"] for c in clips]}
-    with open(os.path.join(out_dir, "table.json"), "w") as f:
-        json.dump(table, f, indent=2)
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(markdown_table(table))
+    fs.write_text(fs.join(out_dir, "table.json"), json.dumps(table, indent=2))
+    fs.write_text(fs.join(out_dir, "table.md"), markdown_table(table))
     return table
 
 

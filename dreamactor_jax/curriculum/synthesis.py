@@ -28,12 +28,12 @@ renamed) after its records, so a restart skips the shards that have a log.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from dreamactor_jax import fs
 from dreamactor_jax.data import records
 from dreamactor_jax.data.procedural import dataset as proc
 from dreamactor_jax.diffusion.animator import Animator
@@ -54,23 +54,20 @@ def run_shards(out_dir: str, num_clips: int, shard_size: int, make_shard) -> dic
     ``make_shard(lo, hi) -> (latent examples to write, acceptance rows)`` for clips ``lo..hi-1``; a row holds
     ``accepted``. Returns clips, accepted, acceptance_rate and the records directory.
     """
-    rec_dir = os.path.join(out_dir, "records")
-    os.makedirs(rec_dir, exist_ok=True)
+    rec_dir = fs.join(out_dir, "records")
+    fs.makedirs(rec_dir)
     n_shards = -(-num_clips // shard_size)
     accepted = total = 0
     for shard in range(jax.process_index(), n_shards, jax.process_count()):
-        path = os.path.join(rec_dir, records.shard_name("synthesis", shard, n_shards))
-        log_path = os.path.join(out_dir, f"acceptance-{shard:05d}.jsonl")
-        if os.path.exists(log_path):  # finished before a restart (the log is written after the records)
-            with open(log_path) as f:
-                rows = [json.loads(x) for x in f]
+        path = fs.join(rec_dir, records.shard_name("synthesis", shard, n_shards))
+        log_path = fs.join(out_dir, f"acceptance-{shard:05d}.jsonl")
+        if fs.exists(log_path):  # finished before a restart (the log is written after the records)
+            rows = [json.loads(x) for x in fs.read_text(log_path).splitlines()]
         else:
             examples, rows = make_shard(shard * shard_size, min((shard + 1) * shard_size, num_clips))
             if examples:  # a shard where nothing passed leaves only its acceptance log
                 records.write_file(path, (records.encode_record(dict(ex, kind="latents")) for ex in examples))
-            with open(log_path + ".tmp", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-            os.replace(log_path + ".tmp", log_path)
+            fs.write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
         total += len(rows)
         accepted += sum(r["accepted"] for r in rows)
     # Every process's shards, so that a process whose own shards accepted nothing does not fail the phase alone.

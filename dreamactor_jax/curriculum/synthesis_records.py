@@ -24,13 +24,13 @@ per shard (per clip: scores, ids, pool image, accepted), totals summed over proc
 
 from __future__ import annotations
 
-import glob
 import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from dreamactor_jax import fs
 from dreamactor_jax.curriculum.synthesis import run_shards
 from dreamactor_jax.data import records, video_io
 from dreamactor_jax.data.ingest import caption_for
@@ -45,10 +45,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def load_pool(pool_dir: str, height: int, width: int) -> list[dict]:
     """The reference pool: [{image (H, W, 3) float32 [-1, 1], caption, path}], sorted by file name (captions as
     ingestion's: a sidecar ``<stem>.txt``, else the file name)."""
-    if not pool_dir or not os.path.isdir(pool_dir):
+    if not pool_dir or not fs.isdir(pool_dir):
         raise FileNotFoundError(f"config.synthesis.reference_pool={pool_dir!r} is not a directory of images")
-    paths = sorted(p for p in glob.glob(os.path.join(glob.escape(pool_dir), "*"))
-                   if p.lower().endswith(IMAGE_EXTENSIONS))
+    paths = [p for p in fs.glob(pool_dir, "*") if p.lower().endswith(IMAGE_EXTENSIONS)]
     if not paths:
         raise FileNotFoundError(f"config.synthesis.reference_pool={pool_dir!r} holds no images "
                                 f"({', '.join(IMAGE_EXTENSIONS)})")

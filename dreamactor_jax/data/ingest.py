@@ -38,6 +38,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from dreamactor_jax import fs
 from dreamactor_jax.data import keypoints as kp_lib
 from dreamactor_jax.data import pose_estimator, video_io
 from dreamactor_jax.data import records as rec
@@ -125,9 +126,8 @@ def stable_id(*parts) -> int:
 def caption_for(video_path: str) -> str:
     """The sidecar ``<stem>.txt`` if present, else the file stem with ``_``/``-`` as spaces."""
     stem, _ = os.path.splitext(video_path)
-    if os.path.exists(stem + ".txt"):
-        with open(stem + ".txt") as f:
-            return " ".join(f.read().split())
+    if fs.exists(stem + ".txt"):
+        return " ".join(fs.read_text(stem + ".txt").split())
     return " ".join(re.split(r"[_\-\s]+", os.path.basename(stem))).strip()
 
 

@@ -61,7 +61,9 @@ import glob
 import json
 import logging
 import os
+import shutil
 import struct
+import tempfile
 import threading
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -69,6 +71,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from array_record.python import array_record_module as arm
 
+from dreamactor_jax import fs
 from dreamactor_jax.data import video_io
 
 log = logging.getLogger(__name__)
@@ -287,8 +290,13 @@ def shard_name(prefix: str, index: int, count: int) -> str:
 
 
 def write_file(path: str, records: Iterable[bytes]) -> int:
-    """Writes encoded records to one ArrayRecord file atomically (temp name, then rename); returns the count."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    """Writes encoded records to one ArrayRecord file atomically (temp name, then rename); returns the count.
+
+    A URL ``path`` (ArrayRecord writes local files only) is written to a local temp file, then uploaded as one
+    object."""
+    staging = fs.is_url(path)
+    tmp = os.path.join(tempfile.mkdtemp(prefix="dreamactor_rec_"), "shard") if staging else (
+        f"{path}.tmp-{os.getpid()}")
     writer = arm.ArrayRecordWriter(tmp, WRITER_OPTIONS)
     n = 0
     try:
@@ -297,7 +305,13 @@ def write_file(path: str, records: Iterable[bytes]) -> int:
             n += 1
     finally:
         writer.close()
-    os.replace(tmp, path)
+    if staging:
+        try:
+            fs.put_file(tmp, path)
+        finally:
+            shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)
+    else:
+        os.replace(tmp, path)
     return n
 
 
@@ -312,7 +326,10 @@ class ShardedWriter:
         if shard_size < 1:
             raise ValueError(f"shard_size={shard_size} must be >= 1")
         self.prefix, self.shard_size = os.fspath(path_prefix), int(shard_size)
-        os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
+        # A URL prefix: shards are written in a local temp directory and uploaded by close().
+        self._stage = tempfile.mkdtemp(prefix="dreamactor_rec_") if fs.is_url(self.prefix) else None
+        if self._stage is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
         self._tmp: list[str] = []
         self._writer, self._in_shard, self.count = None, 0, 0
 
@@ -320,7 +337,8 @@ class ShardedWriter:
         data = encode_record(example)
         if self._writer is None or self._in_shard == self.shard_size:
             self._close_shard()
-            self._tmp.append(f"{self.prefix}-{len(self._tmp):05d}{SUFFIX}.tmp-{os.getpid()}")
+            local = self.prefix if self._stage is None else os.path.join(self._stage, "shard")
+            self._tmp.append(f"{local}-{len(self._tmp):05d}{SUFFIX}.tmp-{os.getpid()}")
             self._writer = arm.ArrayRecordWriter(self._tmp[-1], WRITER_OPTIONS)
         self._writer.write(data)
         self._in_shard += 1
@@ -336,7 +354,12 @@ class ShardedWriter:
         self._close_shard()
         paths = [shard_name(self.prefix, i, len(self._tmp)) for i in range(len(self._tmp))]
         for tmp, path in zip(self._tmp, paths):
-            os.replace(tmp, path)
+            if self._stage is None:
+                os.replace(tmp, path)
+            else:
+                fs.put_file(tmp, path)
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
         self._tmp = []
         return paths
 
@@ -367,7 +390,10 @@ def resolve_files(files: str | os.PathLike | Sequence) -> list[str]:
     """A directory (its ``*.array_record``), a glob, one file or a list of files -> sorted existing paths."""
     if isinstance(files, (str, os.PathLike)):
         spec = os.fspath(files)
-        if os.path.isdir(spec):
+        if fs.is_url(spec) and fs.isdir(spec):
+            out = fs.glob(spec, f"*{SUFFIX}")
+            empty = f"records directory {spec} holds no *{SUFFIX} files"
+        elif os.path.isdir(spec):
             out = sorted(glob.glob(os.path.join(glob.escape(spec), f"*{SUFFIX}")))
             empty = f"records directory {spec} holds no *{SUFFIX} files"
         elif any(ch in spec for ch in "*?["):
@@ -379,7 +405,7 @@ def resolve_files(files: str | os.PathLike | Sequence) -> list[str]:
     if not out:
         raise FileNotFoundError(empty)
     for f in out:
-        if not os.path.exists(f):
+        if not fs.exists(f):
             what = "record file" if f.endswith(SUFFIX) else "records directory"
             raise FileNotFoundError(f"{what} {f} does not exist")
     return out

@@ -138,7 +138,9 @@ def read_image(path: str, height: int, width: int) -> np.ndarray:
     """An image file (PNG, JPG, ...) -> (H, W, 3) float32 in [-1, 1], cover-resized (bicubic) and centre-cropped."""
     from PIL import Image
 
-    with Image.open(path) as im:
+    from dreamactor_jax import fs
+
+    with fs.open(path, "rb") as raw, Image.open(raw) as im:  # a local path or a URL (gs://)
         img = im.convert("RGB")
     f = fit(img.height, img.width, height, width)
     img = img.resize((f.resized_width, f.resized_height), Image.BICUBIC)
