@@ -21,6 +21,10 @@ from collections.abc import Iterator
 
 from etils import epath
 
+# The process's umask, read once at import (os.umask can only be read by setting it, which is not thread-safe).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def is_url(path: str | os.PathLike) -> bool:
     """``gs://...``, ``s3://...`` and the like (anything with a scheme), as opposed to a local path."""
@@ -88,6 +92,7 @@ def write_text(path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

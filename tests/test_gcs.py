@@ -166,6 +166,7 @@ def lat(i):
 paths = records.write_records(root + "/recs/train", [lat(i) for i in range(5)], 2)
 src = records.RecordSource(root + "/recs")
 got = [float(src[i]["target"][0, 0, 0, 0]) for i in range(len(src))]
+assert len(records.RecordSource(root + "/recs/train-0000[12]-*.array_record")) == 3  # a pattern on the bucket
 # Synthesis's shard loop: records and acceptance logs on the bucket; a rerun reads the logs back.
 make = lambda lo, hi: ([{k: v for k, v in lat(i).items() if k != "kind"} for i in range(lo, hi)],
                        [{"accepted": True, "clip": i} for i in range(lo, hi)])

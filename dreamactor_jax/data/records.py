@@ -397,7 +397,12 @@ def resolve_files(files: str | os.PathLike | Sequence) -> list[str]:
             out = sorted(glob.glob(os.path.join(glob.escape(spec), f"*{SUFFIX}")))
             empty = f"records directory {spec} holds no *{SUFFIX} files"
         elif any(ch in spec for ch in "*?["):
-            out, empty = sorted(glob.glob(spec)), f"no record files match {spec!r}"
+            if fs.is_url(spec):  # a pattern over one bucket directory: gs://b/recs/train-*.array_record
+                directory, _, pattern = spec.rpartition("/")
+                out = fs.glob(directory, pattern)
+            else:
+                out = sorted(glob.glob(spec))
+            empty = f"no record files match {spec!r}"
         else:
             out, empty = [spec], ""
     else:
