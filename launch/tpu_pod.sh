@@ -20,7 +20,7 @@
 #   --entry=curriculum|train (curriculum)  --config=$CONFIG (configs/curriculum_wan14b.py:full,v5p,480p)
 #   --workdir=$WORKDIR (required by run/xpk; a directory every host sees, e.g. a gcsfuse or Filestore mount)
 #   --remote_dir=~/dreamactor_jax  --python=python3.11 (setup)  --spot (create)
-#   --cluster=$XPK_CLUSTER  --docker_image=$DOCKER_IMAGE  --num_slices=1 (xpk)
+#   --cluster=$XPK_CLUSTER  --docker_image=$DOCKER_IMAGE  --num_slices=1 (xpk; N > 1 adds --config.mesh.dcn_data=N)
 #   --dry_run: print the exact commands (one per line, shell-quoted) and run nothing
 #
 # run and xpk export, on every host, LIBTPU_INIT_ARGS = the recommended flags of launch/perf_flags.sh (one line,
@@ -101,9 +101,14 @@ GCLOUD_WHERE=("--zone=$ZONE")
 [[ -n "$PROJECT" ]] && GCLOUD_WHERE+=("--project=$PROJECT")
 TPU=(gcloud compute tpus tpu-vm)
 
-# The launcher command line, quoted for a remote shell.
+# The launcher command line, quoted for a remote shell. Several slices: data parallelism across them over DCN
+# (config.mesh.dcn_data, parallel/mesh.py) unless the overrides place the DCN axes themselves.
 launcher() {
-  show python "launch/$ENTRY.py" "--config=$CONFIG" "--workdir=$WORKDIR" "${EXTRA[@]}"
+  local dcn=()
+  if (( NUM_SLICES > 1 )) && [[ " ${EXTRA[*]} " != *" --config.mesh.dcn_"* ]]; then
+    dcn=("--config.mesh.dcn_data=$NUM_SLICES")
+  fi
+  show python "launch/$ENTRY.py" "--config=$CONFIG" "--workdir=$WORKDIR" "${dcn[@]}" "${EXTRA[@]}"
 }
 
 # The performance environment every host gets (see the header), as a remote-shell 'export ...' statement.

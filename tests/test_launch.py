@@ -174,6 +174,7 @@ def test_tpu_pod_dry_run_two_hosts(repo_root, tmp_path):
     (xpk2,) = _commands(_script(repo_root, "tpu_pod.sh", "xpk", *common, "--cluster=c1", "--docker_image=img",
                                 "--num_slices=2").stdout)
     assert "--megascale_grpc_premap_memory_bytes" in xpk2[-1] and "--num-slices=2" in xpk2
+    assert "--workdir=/mnt/shared/run --config.mesh.dcn_data=2 --config.stage1" in xpk2[-1]  # data across slices
     off = _commands(_script(repo_root, "tpu_pod.sh", "xpk", *common, "--cluster=c1", "--docker_image=img",
                             env={"DREAMACTOR_PERF_FLAGS": "0"}).stdout)[0]
     assert "--xla_tpu" not in off[-1] and "DREAMACTOR_COMPILATION_CACHE=/mnt/shared/run/xla_cache" in off[-1]
